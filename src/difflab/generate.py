@@ -1,0 +1,72 @@
+"""Generation: start from sigma_max noise and run a sampler over a sigma grid.
+
+Noise is drawn per sample from its own seed (as EDM's ``StackedRandomGenerator``), so sample i depends on
+``seed + i`` only, not on the batch size or on how many other samples are drawn.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import sampling
+from .denoiser import CFGDenoiser
+
+
+class PerSampleNoise:
+    """One CPU generator per sample; ``randn(like)`` stacks one draw from each (then moves to ``like``)."""
+
+    def __init__(self, seeds: list[int], shape: tuple[int, ...]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape = tuple(shape)
+
+    def randn(self, like: Tensor | None = None) -> Tensor:
+        x = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return x if like is None else x.to(device=like.device, dtype=like.dtype)
+
+    def __call__(self, sigma, sigma_next) -> Tensor:  # the samplers' NoiseFn signature
+        return self.randn(self._like)
+
+    def bind(self, like: Tensor) -> PerSampleNoise:
+        self._like = like
+        return self
+
+
+def generate(
+    denoiser,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    sigmas: Tensor,
+    sampler: str = "heun",
+    seed: int = 0,
+    class_labels: Tensor | None = None,
+    guidance: float = 1.0,
+    num_classes: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **options,
+) -> Tensor:
+    """Draw ``n`` samples of ``shape`` in the model's normalised space (returned on the CPU, float32).
+
+    ``class_labels`` (LongTensor (n,)) with ``guidance`` w applies classifier-free guidance.
+    """
+    fn = sampling.get_sampler(sampler)
+    if class_labels is not None and guidance != 1.0:
+        denoiser = CFGDenoiser(denoiser, num_classes, guidance)
+    out = []
+    bar = tqdm(total=n, desc=f"sampling ({sampler})", unit="sample", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        noise = PerSampleNoise(list(range(seed + start, seed + stop)), shape)
+        x = noise.randn().to(device) * float(sigmas[0])
+        noise.bind(x)
+        cond = None if class_labels is None else {"class_labels": class_labels[start:stop].to(device)}
+        with torch.no_grad():
+            y = fn(denoiser, x, sigmas, cond=cond, noise=noise, **options)
+        out.append(y.float().cpu())
+        bar.update(stop - start)
+    bar.close()
+    return torch.cat(out)

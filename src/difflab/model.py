@@ -1,0 +1,180 @@
+"""Building a denoiser from a config, and the loaded-model object returned by ``difflab.load``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import sampling
+from .backbones import build_backbone
+from .checkpoint import find_checkpoint, load_tensors, verify_checkpoint
+from .config import ExperimentCfg, config_from_dict
+from .data import Normalizer
+from .denoiser import Denoiser
+from .errors import CheckpointError, ConfigError
+from .generate import generate
+from .process import NoiseProcess, process_from_dict
+
+
+def auto_backbone(cfg: ExperimentCfg, data_info: dict) -> tuple[str, str]:
+    """Resolve ``backbone="auto"`` and ``preset="auto"`` from the data: UNet for images, MLP for tables."""
+    kind = data_info["kind"]
+    name = cfg.model.backbone
+    if name == "auto":
+        name = "unet" if kind == "image" else "mlp"
+    preset = cfg.model.preset
+    if preset == "auto":
+        if name == "mlp":
+            preset = "base"
+        elif name == "dit":
+            preset = "S/2"
+        else:
+            h, w = data_info["shape"][1:]
+            preset = "tiny" if h * w <= 16 * 16 else "small"
+    return name, preset
+
+
+def build_denoiser(cfg: ExperimentCfg, data_info: dict) -> Denoiser:
+    """Backbone + preconditioning for data described by ``data_info`` (kind, shape, num_classes...)."""
+    name, preset = auto_backbone(cfg, data_info)
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.params.items()}
+    num_classes = data_info.get("num_classes", 0) if cfg.model.class_conditional else 0
+    shape = data_info["shape"]
+    if data_info["kind"] == "image":
+        if name == "mlp":
+            raise ConfigError("config.model.backbone: 'mlp' needs tabular data; use 'unet' or 'dit' for images")
+        params.setdefault("in_channels", shape[0])
+        if name == "dit":
+            params.setdefault("image_size", tuple(shape[1:]))
+    else:
+        if name != "mlp":
+            raise ConfigError(f"config.model.backbone: {name!r} needs image data; use 'mlp' for tabular data")
+        params.setdefault("in_features", shape[0])
+    if num_classes:
+        params.setdefault("num_classes", num_classes)
+    backbone = build_backbone(name, preset=preset, **params)
+    return Denoiser(backbone, prediction=cfg.model.prediction, sigma_data=data_info["sigma_data"])
+
+
+class DiffusionModel:
+    """A trained model: ``denoiser(x, sigma)`` in EDM coordinates, normalisation, and ``sample``.
+
+    Attributes:
+        denoiser: D(x, sigma, class_labels=None) -> x0 estimate, where x = x0 + sigma * noise lives in the
+            model's normalised space and sigma is a float or a tensor of shape (N,).
+        process: the noise process the model was trained under (for its native sigma grids).
+        sigma_min, sigma_max: the noise range the model was trained for.
+        kind: "image" or "tabular"; shape: one sample's shape in model space ((C, H, W) or (D,)).
+    """
+
+    def __init__(self, denoiser: Denoiser, cfg: ExperimentCfg, data_info: dict, device="cpu"):
+        self.denoiser = denoiser.eval().requires_grad_(False).to(device)
+        self.cfg = cfg
+        self.data_info = data_info
+        self.device = torch.device(device)
+        self.process: NoiseProcess = process_from_dict({"name": cfg.process.name, **cfg.process.params})
+        self.normalizer = Normalizer.from_dict(data_info["normalizer"])
+        self.kind: str = data_info["kind"]
+        self.shape: tuple[int, ...] = tuple(data_info["shape"])
+        self.num_classes: int = data_info.get("num_classes", 0) if cfg.model.class_conditional else 0
+
+    @property
+    def sigma_min(self) -> float:
+        return self.process.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.process.sigma_max
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Data units -> model space."""
+        return self.normalizer.forward(torch.as_tensor(x, dtype=torch.float32))
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        """Model space -> data units."""
+        return self.normalizer.inverse(torch.as_tensor(z, dtype=torch.float32))
+
+    def sigmas(self, steps: int | None = None, schedule: str | None = None) -> Tensor:
+        return sampling.get_sigmas(
+            schedule or self.cfg.sample.schedule,
+            steps or self.cfg.sample.steps,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            process=self.process,
+        )
+
+    def sample(
+        self,
+        n: int,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        schedule: str | None = None,
+        seed: int = 0,
+        class_labels: Tensor | list[int] | int | None = None,
+        guidance: float = 1.0,
+        batch_size: int = 256,
+        progress: bool = False,
+        **options,
+    ) -> Tensor:
+        """Draw ``n`` samples and return them in data units (float32 tensor of shape (n, *shape))."""
+        if n < 1:
+            raise ValueError(f"n: must be >= 1, got {n}")
+        if class_labels is not None:
+            if not self.num_classes:
+                raise ValueError("class_labels: this model was not trained class-conditionally")
+            class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n).clone()
+            if class_labels.min() < 0 or class_labels.max() >= self.num_classes:
+                raise ValueError(f"class_labels: must be in [0, {self.num_classes - 1}]")
+        z = generate(
+            self.denoiser,
+            self.shape,
+            n,
+            sigmas=self.sigmas(steps, schedule).to(self.device),
+            sampler=sampler or self.cfg.sample.sampler,
+            seed=seed,
+            class_labels=class_labels,
+            guidance=guidance,
+            num_classes=self.num_classes,
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            **options,
+        )
+        return self.denormalize(z)
+
+
+def read_run_config(run_dir: str | Path) -> tuple[ExperimentCfg, dict]:
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder")
+    try:
+        raw = json.loads(path.read_text())
+        return config_from_dict(raw["config"]), raw["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: missing or unreadable run config ({e.__class__.__name__})") from None
+
+
+def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool = True, device="cpu"):
+    """Load a trained run folder (written by ``difflab train``) as a :class:`DiffusionModel`.
+
+    ``checkpoint`` picks a specific checkpoint folder; by default the newest one that verifies.
+    ``ema=True`` loads the EMA weights (what sampling should use).
+    """
+    cfg, data_info = read_run_config(run_dir)
+    if checkpoint is None:
+        ckpt = find_checkpoint(run_dir)
+        if ckpt is None:
+            raise CheckpointError(f"{run_dir}: no complete checkpoint found")
+    else:
+        ckpt = Path(checkpoint)
+        verify_checkpoint(ckpt)
+    denoiser = build_denoiser(cfg, data_info)
+    weights = load_tensors(ckpt, "ema" if ema else "model")
+    missing, unexpected = denoiser.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}: weights do not match the config (missing {missing[:3]})")
+    return DiffusionModel(denoiser, cfg, data_info, device=device)

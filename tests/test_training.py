@@ -1,0 +1,158 @@
+"""Training: the loss falls, samples match the true density, resume is exact, checkpoints are safe."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import difflab
+from difflab.checkpoint import find_checkpoint, list_checkpoints, verify_checkpoint
+from difflab.config import config_from_dict
+from difflab.data import load_data, synthetic
+from difflab.errors import CheckpointError, DifflabError
+from difflab.runlock import RunLock
+from difflab.training import DataOrder, learning_rate, train
+
+
+def _mlp_cfg(steps, **train_kw):
+    return config_from_dict({
+        "model": {"backbone": "mlp", "preset": "small", "params": {"dropout": 0.1}},
+        "train": {"steps": steps, "batch_size": 64, "lr": 3e-3, "warmup": 10, "checkpoint_every": 10,
+                  "log_every": 1, "device": "cpu", **train_kw},
+    })
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "gmm"
+    data = load_data("gmm2d", n=4000)
+    cfg = config_from_dict({
+        "model": {"backbone": "mlp", "preset": "base"},
+        "train": {"steps": 600, "batch_size": 256, "lr": 2e-3, "warmup": 50, "checkpoint_every": 300,
+                  "log_every": 10, "device": "cpu"},
+    })
+    train(cfg, data, out, progress=False)
+    return out
+
+
+def test_loss_falls_and_samples_match_the_true_density(mixture_run):
+    rows = (mixture_run / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5
+    mix = synthetic("gmm2d")
+    model = difflab.load(mixture_run)
+    samples = model.sample(2000, steps=18, seed=0)
+    true = mix.sample(2000, 1)
+    gap = float(mix.log_prob(true).mean() - mix.log_prob(samples).mean())
+    # a short CPU run: within 0.5 nats of true samples (the full default run is held to 0.15 in bench/)
+    assert gap < 0.5, gap
+
+
+def test_denoiser_contract(mixture_run):
+    model = difflab.load(mixture_run)
+    x0 = model.normalize(synthetic("gmm2d").sample(8, 0))
+    x = x0 + 0.3 * torch.randn_like(x0)
+    d_scalar = model.denoiser(x, 0.3)
+    d_vector = model.denoiser(x, torch.full((8,), 0.3))
+    assert d_scalar.shape == x.shape
+    torch.testing.assert_close(d_scalar, d_vector)
+    torch.testing.assert_close(model.denormalize(model.normalize(x0)), x0)
+    assert 0 < model.sigma_min < model.sigma_max
+    # at small sigma the denoiser is close to the identity, at large sigma close to the data mean
+    torch.testing.assert_close(model.denoiser(x0, 1e-3), x0, atol=2e-2, rtol=0)
+    far = model.denoiser(torch.zeros(8, 2), 80.0)
+    torch.testing.assert_close(far.mean(0), model.normalize(synthetic("gmm2d").mean.float()[None])[0], atol=0.15, rtol=0)
+
+
+def _all_tensors(run_dir):
+    ckpt = find_checkpoint(run_dir)
+    from difflab.checkpoint import load_tensors
+
+    return {**load_tensors(ckpt, "model"), **{f"ema.{k}": v for k, v in load_tensors(ckpt, "ema").items()}}
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    data = load_data("gmm2d", n=500)
+    train(_mlp_cfg(40), data, tmp_path / "full", progress=False)
+    interrupted = train(_mlp_cfg(40), data, tmp_path / "cut", progress=False, stop_after=25)
+    assert interrupted.step == 25
+    assert json.loads((find_checkpoint(tmp_path / "cut") / "trainer.json").read_text())["step"] == 20
+    train(_mlp_cfg(40), data, tmp_path / "cut", resume=True, progress=False)
+    a, b = _all_tensors(tmp_path / "full"), _all_tensors(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 41))
+
+
+def test_image_run_resumes_and_writes_a_grid(tmp_path):
+    data = load_data("digits", n=64)
+    cfg = config_from_dict({"model": {"params": {"model_channels": 16}}, "sample": {"steps": 2},
+                            "train": {"steps": 4, "batch_size": 16, "checkpoint_every": 2, "sample_grid": 4}})
+    train(cfg, data, tmp_path / "a", progress=False, stop_after=3)
+    train(cfg, data, tmp_path / "a", resume=True, progress=False)
+    train(cfg, data, tmp_path / "b", progress=False)
+    a, b = _all_tensors(tmp_path / "a"), _all_tensors(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "b" / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_damaged_newest_checkpoint_falls_back(tmp_path):
+    train(_mlp_cfg(30, keep_checkpoints=5), load_data("gmm2d", n=200), tmp_path, progress=False)
+    ckpts = list_checkpoints(tmp_path)
+    assert [c.name for c in ckpts] == ["step-00000010", "step-00000020", "step-00000030"]
+    weights = ckpts[-1] / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncate
+    with pytest.raises(CheckpointError, match="ema.safetensors: checksum mismatch"):
+        verify_checkpoint(ckpts[-1])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert find_checkpoint(tmp_path) == ckpts[-2]
+    assert any("step-00000030" in str(x.message) for x in w)
+    difflab.load(tmp_path)  # loads the previous good one
+
+
+def test_keep_last_k_and_no_half_written_checkpoint(tmp_path):
+    train(_mlp_cfg(50, keep_checkpoints=2), load_data("gmm2d", n=200), tmp_path, progress=False)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-00000040", "step-00000050"]
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step-00000050"
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    data = load_data("gmm2d", n=200)
+    train(_mlp_cfg(10), data, tmp_path / "r", progress=False)
+    with pytest.raises(DifflabError, match="already holds a run"):
+        train(_mlp_cfg(10), data, tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError):
+        train(_mlp_cfg(10), data, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_run_lock(tmp_path):
+    with RunLock(tmp_path):
+        (tmp_path / ".lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 1}))
+        with pytest.raises(DifflabError, match="another difflab process"):
+            RunLock(tmp_path).acquire()
+    # a lock left by a dead process is stale and taken over
+    (tmp_path / ".lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 7}))
+    with RunLock(tmp_path):
+        pass
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_data_order_is_a_permutation_per_epoch():
+    order = DataOrder(10, seed=3)
+    stream = torch.cat([order.batch(p, 4) for p in range(0, 40, 4)])
+    for epoch in range(4):
+        assert sorted(stream[10 * epoch : 10 * epoch + 10].tolist()) == list(range(10))
+    assert torch.equal(DataOrder(10, seed=3).batch(12, 7), stream[12:19])
+
+
+def test_learning_rate_schedule():
+    cfg = _mlp_cfg(100, warmup=10, lr=1.0, lr_min_ratio=0.1)
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01)
