@@ -50,18 +50,22 @@ def main(argv=None):
     ap.add_argument("--sampler", default="heun")
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--guidance", type=float, nargs="*", default=[None], help="guidance weights to try")
     a = ap.parse_args(argv)
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     report("real(30%)", classifiers(Xtr, ytr), Xte)
     src = Path(a.source)
+    clfs = classifiers(X, y)
     if src.suffix == ".npz":
-        images = np.load(src)["images"]
-    else:
-        import difflab
+        report("samples", clfs, np.load(src)["images"])
+        return 0
+    import difflab
 
-        images = difflab.load(src).sample(a.n, sampler=a.sampler, steps=a.steps, seed=a.seed).round().clamp(0, 16).numpy()
-    report("samples", classifiers(X, y), images)
+    model = difflab.load(src)
+    for w in a.guidance:
+        images = model.sample(a.n, sampler=a.sampler, steps=a.steps, seed=a.seed, guidance=w)
+        report(f"w={w}", clfs, images.round().clamp(0, 16).numpy())
     return 0
 
 

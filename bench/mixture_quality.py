@@ -38,11 +38,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--workdir", default="/tmp/difflab-mixture-quality")
+    ap.add_argument("--only", type=int, nargs="*", help="run only these mixture indices")
+    ap.add_argument("--set", action="append", default=[], help="passed to difflab train --set")
     a = ap.parse_args(argv)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     gaps = []
-    for i in range(a.mixtures):
+    for i in a.only if a.only else range(a.mixtures):
         mix = random_mixture(i)
         data = work / f"mix{i}.npy"
         np.save(data, mix.sample(10_000, i).numpy())
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "difflab", "train", "--data", str(data), "--out", str(run), "--quiet"]
         if a.steps:
             cmd += ["--steps", str(a.steps)]
+        for kv in a.set:
+            cmd += ["--set", kv]
         t = time.perf_counter()
         subprocess.run(cmd, check=True)
         t_train = time.perf_counter() - t

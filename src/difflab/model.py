@@ -11,7 +11,7 @@ from torch import Tensor
 from . import sampling
 from .backbones import build_backbone
 from .checkpoint import find_checkpoint, load_tensors, verify_checkpoint
-from .config import ExperimentCfg, config_from_dict
+from .config import ExperimentCfg, config_from_dict, resolve_auto
 from .data import Normalizer
 from .denoiser import Denoiser
 from .errors import CheckpointError, ConfigError
@@ -72,7 +72,7 @@ class DiffusionModel:
 
     def __init__(self, denoiser: Denoiser, cfg: ExperimentCfg, data_info: dict, device="cpu"):
         self.denoiser = denoiser.eval().requires_grad_(False).to(device)
-        self.cfg = cfg
+        self.cfg = resolve_auto(cfg, data_info["kind"])
         self.data_info = data_info
         self.device = torch.device(device)
         self.process: NoiseProcess = process_from_dict({"name": cfg.process.name, **cfg.process.params})
@@ -115,14 +115,26 @@ class DiffusionModel:
         schedule: str | None = None,
         seed: int = 0,
         class_labels: Tensor | list[int] | int | None = None,
-        guidance: float = 1.0,
+        guidance: float | None = None,
         batch_size: int = 256,
         progress: bool = False,
         **options,
     ) -> Tensor:
-        """Draw ``n`` samples and return them in data units (float32 tensor of shape (n, *shape))."""
+        """Draw ``n`` samples and return them in data units (float32 tensor of shape (n, *shape)).
+
+        For a class-conditional model, ``class_labels`` (one label, or one per sample) picks the classes;
+        by default sample i gets class ``i % num_classes``, so every class is equally represented.
+        ``guidance`` is the classifier-free guidance weight (default: the run's ``sample.guidance``;
+        1 = the plain conditional model, 0 = the unconditional one).
+        """
         if n < 1:
             raise ValueError(f"n: must be >= 1, got {n}")
+        if guidance is None:
+            guidance = self.cfg.sample.guidance
+        if guidance < 0:
+            raise ValueError(f"guidance: must be >= 0, got {guidance}")
+        if class_labels is None and self.num_classes:
+            class_labels = torch.arange(n) % self.num_classes
         if class_labels is not None:
             if not self.num_classes:
                 raise ValueError("class_labels: this model was not trained class-conditionally")

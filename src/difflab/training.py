@@ -27,7 +27,7 @@ from .checkpoint import (
     optimizer_to_flat,
     save_checkpoint,
 )
-from .config import ExperimentCfg, write_json_atomic
+from .config import ExperimentCfg, resolve_auto, write_json_atomic
 from .data import Dataset, fit_normalizer
 from .errors import CheckpointError, ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
@@ -143,6 +143,7 @@ def train(
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
         data_info = describe_data(data, cfg, data_spec)
+        cfg = resolve_auto(cfg, data.kind)
     tc = cfg.train
     device = pick_device(tc.device)
 
