@@ -85,3 +85,17 @@ def test_bad_input_gives_one_line_error(tmp_path, tabular_run, args, needle):
 def test_debug_shows_traceback(tmp_path):
     r = run("--debug", "train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "r"))
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_resume_keeps_the_runs_config_unless_overridden(tmp_path):
+    common = ["--data", "gmm2d", "--out", str(tmp_path / "r"), "--quiet", "--set", "model.preset=\"small\""]
+    r = run("train", *common, "--steps", "4", "--batch-size", "32")
+    assert r.returncode == 0, r.stderr
+    r = run("train", *common, "--resume", "--steps", "8")
+    assert r.returncode == 0 and "trained 8 steps" in r.stdout, r.stderr
+    r = run("train", *common, "--resume")  # no --steps: the run's own 8, not the default
+    assert r.returncode == 0 and "trained 8 steps" in r.stdout, r.stderr
+    import json
+
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert saved["train"]["batch_size"] == 32 and saved["train"]["steps"] == 8

@@ -156,3 +156,25 @@ def test_learning_rate_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "process, prediction, sigma_dist, weighting",
+    [("ddpm", "eps", "process", "min_snr"), ("vp", "v", "process", "likelihood"),
+     ("ve", "x0", "log_uniform", "uniform"), ("edm", "edm", "lognormal", "edm")],
+)
+def test_every_process_and_target_trains_and_samples_with_every_grid(tmp_path, process, prediction, sigma_dist,
+                                                                      weighting):
+    cfg = config_from_dict({
+        "process": {"name": process}, "loss": {"sigma_dist": sigma_dist, "weighting": weighting},
+        "model": {"backbone": "mlp", "preset": "small", "prediction": prediction},
+        "train": {"steps": 30, "batch_size": 64, "checkpoint_every": 30, "lr": 1e-3},
+    })
+    result = train(cfg, load_data("gmm2d", n=500), tmp_path, progress=False)
+    assert torch.isfinite(torch.tensor(result.last_loss))
+    model = difflab.load(tmp_path)
+    grids = ["karras", "log_snr", "uniform_t"] + (["native"] if process == "ddpm" else [])
+    for grid in grids:
+        for sampler in ("euler", "ddpm"):
+            x = model.sample(16, sampler=sampler, steps=6, schedule=grid)
+            assert x.shape == (16, 2) and torch.isfinite(x).all(), (grid, sampler)

@@ -52,9 +52,12 @@ def _positive_int(name):
 
 
 def _build_config(args):
+    """Defaults (or, with --resume, the run's saved config), then --config, --set and the flags."""
     from .config import ExperimentCfg, config_from_dict, load_config_file, parse_override
+    from .model import read_run_config
 
-    cfg = load_config_file(args.config) if args.config else ExperimentCfg()
+    base = read_run_config(args.out)[0] if args.resume else ExperimentCfg()
+    cfg = load_config_file(args.config, base) if args.config else base
     overrides: dict = {}
     for text in args.set or []:
         for section, values in parse_override(text).items():
@@ -102,17 +105,13 @@ def write_samples(model, samples, out: Path) -> list[Path]:
     import numpy as np
 
     from .data import save_image_grid, to_display_uint8, to_uint8_images, write_csv
-    from .io import atomic_path
+    from .io import atomic_write
 
     vr = model.data_info.get("value_range")
     written = []
     if model.kind == "image":
-        if out.suffix.lower() != ".npz":
-            raise DifflabError(f"--out {out}: image samples are written as .npz (a PNG grid goes beside it)")
         images = to_uint8_images(samples, vr)
-        with atomic_path(out) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=images, value_range=np.asarray(vr, dtype=np.float64))
+        atomic_write(out, lambda f: np.savez(f, images=images, value_range=np.asarray(vr, dtype=np.float64)))
         grid = out.with_suffix(".png")
         save_image_grid(to_display_uint8(samples[:256], vr), grid)
         written += [out, grid]
@@ -120,13 +119,9 @@ def write_samples(model, samples, out: Path) -> list[Path]:
         columns = model.data_info.get("columns") or [f"x{i}" for i in range(samples.shape[1])]
         arr = samples.numpy().astype(np.float64)
         if out.suffix.lower() == ".npz":
-            with atomic_path(out) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, samples=arr, columns=np.asarray(columns))
-        elif out.suffix.lower() == ".csv":
-            write_csv(out, arr, columns)
+            atomic_write(out, lambda f: np.savez(f, samples=arr, columns=np.asarray(columns)))
         else:
-            raise DifflabError(f"--out {out}: tabular samples are written as .csv or .npz")
+            write_csv(out, arr, columns)
         written.append(out)
     return written
 
@@ -138,6 +133,9 @@ def cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise DifflabError(f"--out {out}: folder {out.parent} does not exist")
     model = load(args.run, device=args.device)
+    allowed = (".npz",) if model.kind == "image" else (".csv", ".npz")
+    if out.suffix.lower() not in allowed:
+        raise DifflabError(f"--out {out}: {model.kind} samples are written as {' or '.join(allowed)}")
     labels = None
     if args.class_label is not None:
         labels = [args.class_label] * args.n

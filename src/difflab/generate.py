@@ -15,22 +15,22 @@ from .denoiser import CFGDenoiser
 
 
 class PerSampleNoise:
-    """One CPU generator per sample; ``randn(like)`` stacks one draw from each (then moves to ``like``)."""
+    """One CPU generator per sample; each call stacks one standard normal draw from each generator.
 
-    def __init__(self, seeds: list[int], shape: tuple[int, ...]):
+    Drawing on the CPU and then moving to ``device`` keeps a seed's samples the same on any device. An
+    instance is the samplers' ``NoiseFn``: ``noise(sigma, sigma_next)`` returns a tensor shaped like x.
+    """
+
+    def __init__(self, seeds: list[int], shape: tuple[int, ...], device="cpu", dtype=torch.float32):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shape = tuple(shape)
+        self.shape, self.device, self.dtype = tuple(shape), device, dtype
 
-    def randn(self, like: Tensor | None = None) -> Tensor:
+    def randn(self) -> Tensor:
         x = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
-        return x if like is None else x.to(device=like.device, dtype=like.dtype)
+        return x.to(device=self.device, dtype=self.dtype)
 
-    def __call__(self, sigma, sigma_next) -> Tensor:  # the samplers' NoiseFn signature
-        return self.randn(self._like)
-
-    def bind(self, like: Tensor) -> PerSampleNoise:
-        self._like = like
-        return self
+    def __call__(self, sigma=None, sigma_next=None) -> Tensor:
+        return self.randn()
 
 
 def generate(
@@ -60,9 +60,8 @@ def generate(
     bar = tqdm(total=n, desc=f"sampling ({sampler})", unit="sample", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        noise = PerSampleNoise(list(range(seed + start, seed + stop)), shape)
-        x = noise.randn().to(device) * float(sigmas[0])
-        noise.bind(x)
+        noise = PerSampleNoise(list(range(seed + start, seed + stop)), shape, device=device)
+        x = noise.randn() * float(sigmas[0])
         cond = None if class_labels is None else {"class_labels": class_labels[start:stop].to(device)}
         with torch.no_grad():
             y = fn(denoiser, x, sigmas, cond=cond, noise=noise, **options)

@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .config import ExperimentCfg, resolve_auto, write_json_atomic
 from .data import Dataset, fit_normalizer
-from .errors import CheckpointError, ConfigError, DifflabError
+from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
 from .model import build_denoiser, load, read_run_config
 from .process import process_from_dict
@@ -127,8 +127,9 @@ def train(
 ) -> TrainResult:
     """Train a denoiser on ``data`` and write checkpoints into ``run_dir``.
 
-    ``resume=True`` continues from the newest good checkpoint in ``run_dir`` with the config saved there
-    (only ``train.steps`` and ``train.max_minutes`` may change). ``stop_after`` stops after that many steps
+    ``resume=True`` continues from the newest good checkpoint in ``run_dir`` with the config saved there;
+    only ``train.steps`` and ``train.max_minutes`` are taken from ``cfg`` (a run killed before its first
+    checkpoint starts again from step 0). ``stop_after`` stops after that many steps
     in this call without a final checkpoint (it simulates an interrupted run in tests).
     """
     run_dir = Path(run_dir)
@@ -148,8 +149,8 @@ def train(
     device = pick_device(tc.device)
 
     with RunLock(run_dir):
-        if not resume:
-            write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "data": data_info})
+        # on resume this records a changed train.steps / max_minutes
+        write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "data": data_info})
         torch.manual_seed(tc.seed)
         model = build_denoiser(cfg, data_info).to(device)
         ema = copy.deepcopy(model).requires_grad_(False)
@@ -183,7 +184,7 @@ def train(
             gen.set_state(state["rng.loss"])
             step, position = extra["step"], extra["position"]
         elif resume:
-            raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from")
+            warnings.warn(f"{run_dir}: no complete checkpoint yet; starting from step 0", stacklevel=2)
 
         metrics = _MetricsLog(run_dir / "metrics.csv", truncate_after=step)
 

@@ -10,13 +10,14 @@ import csv
 import io
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from PIL import Image
+
+from ..io import atomic_write
 from torch import Tensor
 
 
@@ -53,23 +54,6 @@ def to_display_uint8(x: Tensor | np.ndarray, value_range: tuple[float, float]) -
     span = hi - lo if hi > lo else 1.0
     arr = (_as_numpy(x).astype(np.float64) - lo) * (255.0 / span)
     return np.ascontiguousarray(np.rint(np.clip(_channels_last(arr), 0, 255)).astype(np.uint8))
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, min_cell: int = 32, padding: int = 2) -> np.ndarray:
