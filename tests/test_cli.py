@@ -55,6 +55,9 @@ def test_image_train_and_sample_npz(tmp_path):
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8 and images.max() <= 16
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    r = run("sample", str(tmp_path / "run"), "--n", "2", "--out", str(tmp_path / "t.npz"), "--sampler", "heun",
+            "--nfe", "6", "--quiet")
+    assert r.returncode == 0 and "heun: 3 steps = 5 denoiser calls" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(

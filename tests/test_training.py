@@ -178,3 +178,12 @@ def test_every_process_and_target_trains_and_samples_with_every_grid(tmp_path, p
         for sampler in ("euler", "ddpm"):
             x = model.sample(16, sampler=sampler, steps=6, schedule=grid)
             assert x.shape == (16, 2) and torch.isfinite(x).all(), (grid, sampler)
+
+
+def test_dit_backbone_trains_on_images(tmp_path):
+    cfg = config_from_dict({"model": {"backbone": "dit", "preset": "tiny/2", "class_conditional": True},
+                            "train": {"steps": 3, "batch_size": 8, "checkpoint_every": 3, "sample_grid": 0}})
+    train(cfg, load_data("digits", n=32), tmp_path, progress=False)
+    model = difflab.load(tmp_path)
+    x = model.sample(4, steps=2, guidance=3.0)
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()

@@ -133,6 +133,16 @@ def cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise DifflabError(f"--out {out}: folder {out.parent} does not exist")
     model = load(args.run, device=args.device)
+    steps = args.steps
+    if args.nfe is not None:
+        from .sampling import nfe, steps_for_nfe
+
+        if steps is not None:
+            raise DifflabError("--steps and --nfe: give one or the other")
+        sampler = args.sampler or model.cfg.sample.sampler
+        steps = steps_for_nfe(sampler, args.nfe)
+        print(f"{sampler}: {steps} steps = {nfe(sampler, steps)} denoiser calls per sample"
+              + (" (x2 with guidance)" if model.num_classes else ""))
     allowed = (".npz",) if model.kind == "image" else (".csv", ".npz")
     if out.suffix.lower() not in allowed:
         raise DifflabError(f"--out {out}: {model.kind} samples are written as {' or '.join(allowed)}")
@@ -140,7 +150,7 @@ def cmd_sample(args) -> int:
     if args.class_label is not None:
         labels = [args.class_label] * args.n
     samples = model.sample(
-        args.n, sampler=args.sampler, steps=args.steps, schedule=args.schedule, seed=args.seed,
+        args.n, sampler=args.sampler, steps=steps, schedule=args.schedule, seed=args.seed,
         class_labels=labels, guidance=args.guidance, batch_size=args.batch_size, progress=not args.quiet,
     )
     for path in write_samples(model, samples, out):
@@ -245,6 +255,7 @@ examples:
 examples:
   difflab sample runs/digits --n 64 --out samples.npz
   difflab sample runs/digits --n 500 --out samples.npz --sampler euler --steps 40 --seed 1
+  difflab sample runs/digits --n 64 --out samples.npz --sampler heun --nfe 19
   difflab sample runs/points --n 1000 --out points.csv
 """),
     )
@@ -253,6 +264,8 @@ examples:
     s.add_argument("--out", required=True, help="output file (.npz for images; .csv or .npz for tables)")
     s.add_argument("--sampler", choices=SAMPLERS.names(), default=None, help="default: the run's (heun)")
     s.add_argument("--steps", type=_positive_int("--steps"), default=None, help="sampler steps (default: the run's; 18 for images, 64 for tables)")
+    s.add_argument("--nfe", type=_positive_int("--nfe"), default=None,
+                   help="budget of denoiser calls per sample; picks the most steps that fit (instead of --steps)")
     s.add_argument("--schedule", choices=SCHEDULES.names(), default=None, help="sigma grid (default: karras)")
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     s.add_argument("--class", type=int, dest="class_label", default=None,
