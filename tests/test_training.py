@@ -47,6 +47,7 @@ def test_loss_falls_and_samples_match_the_true_density(mixture_run):
     gap = float(mix.log_prob(true).mean() - mix.log_prob(samples).mean())
     # a short CPU run: within 0.5 nats of true samples (the full default run is held to 0.15 in bench/)
     assert gap < 0.5, gap
+    assert (mixture_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # 2-D data: a scatter plot
 
 
 def test_denoiser_contract(mixture_run):

@@ -248,19 +248,23 @@ def train(
                 bar.write(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached")
                 break
         bar.close()
-        if data_info["kind"] == "image" and tc.sample_grid > 0:
-            write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed)
+        if tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
+            write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed, reference=data.x)
     return TrainResult(run_dir, step, last_loss)
 
 
-def write_sample_grid(run_dir: Path, n: int, seed: int = 0) -> Path:
-    """Sample ``n`` images from the newest checkpoint (EMA weights) into ``run_dir/samples.png``."""
-    from .data import save_image_grid, to_display_uint8
+def write_sample_grid(run_dir: Path, n: int, seed: int = 0, reference=None) -> Path:
+    """Picture of what the newest checkpoint (EMA weights) generates, as ``run_dir/samples.png``: a grid of
+    ``n`` images, or for 2-D tabular data a scatter of 16 n samples over (up to 5,000 of) the ``reference`` data."""
+    from .data import save_image_grid, save_scatter, to_display_uint8
 
     model = load(run_dir)
-    images = model.sample(n, seed=seed)
     path = Path(run_dir) / "samples.png"
-    save_image_grid(to_display_uint8(images, model.data_info["value_range"]), path)
+    if model.kind == "image":
+        images = model.sample(n, seed=seed)
+        save_image_grid(to_display_uint8(images, model.data_info["value_range"]), path)
+    else:
+        save_scatter(model.sample(16 * n, seed=seed), path, None if reference is None else reference[:5000])
     return path
 
 

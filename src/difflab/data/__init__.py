@@ -8,7 +8,7 @@ message naming the file (and row/column or image where relevant).
 """
 
 from .dataset import Dataset, load_data
-from .export import save_image_grid, to_display_uint8, to_uint8_images, write_csv
+from .export import save_image_grid, save_scatter, to_display_uint8, to_uint8_images, write_csv
 from .normalize import Normalizer, fit_normalizer
 from .synthetic import SYNTHETIC, GaussianMixture, synthetic
 
@@ -23,5 +23,6 @@ __all__ = [
     "to_uint8_images",
     "to_display_uint8",
     "save_image_grid",
+    "save_scatter",
     "write_csv",
 ]

@@ -100,6 +100,37 @@ def save_image_grid(
     return atomic_write(path, lambda f: picture.save(f, format="PNG"))
 
 
+def save_scatter(
+    points: Tensor | np.ndarray, path: str | os.PathLike[str], reference: Tensor | np.ndarray | None = None,
+    size: int = 480,
+) -> Path:
+    """Plot 2-D ``points`` (N, 2) as a PNG scatter (blue), over ``reference`` points (grey) if given.
+
+    Both share one frame fitted to the reference (or the points) with a 5% margin; written atomically.
+    """
+    pts = _as_numpy(points).astype(np.float64)[:, :2]
+    ref = None if reference is None else _as_numpy(reference).astype(np.float64)[:, :2]
+    frame = ref if ref is not None else pts
+    lo, hi = frame.min(0), frame.max(0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-12)
+    lo, hi = lo - pad, hi + pad
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+
+    def draw(xy: np.ndarray, color: tuple[int, int, int]) -> None:
+        uv = (xy - lo) / (hi - lo) * (size - 1)
+        col, row = np.rint(uv[:, 0]).astype(int), np.rint((size - 1) - uv[:, 1]).astype(int)
+        keep = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+        for dr in (0, 1):
+            for dc in (0, 1):
+                canvas[np.clip(row[keep] + dr, 0, size - 1), np.clip(col[keep] + dc, 0, size - 1)] = color
+
+    if ref is not None:
+        draw(ref, (190, 190, 190))
+    draw(pts, (31, 90, 200))
+    picture = Image.fromarray(canvas, mode="RGB")
+    return atomic_write(path, lambda f: picture.save(f, format="PNG"))
+
+
 def _format(value: float | int, kind: str) -> str:
     """Shortest text that parses back to the same value (float32 data -> float32 shortest repr)."""
     if kind == "i":
