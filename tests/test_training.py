@@ -188,3 +188,53 @@ def test_dit_backbone_trains_on_images(tmp_path):
     model = difflab.load(tmp_path)
     x = model.sample(4, steps=2, guidance=3.0)
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    data = load_data("gmm2d", n=300)
+    cfg = config_from_dict({"model": {"backbone": "mlp", "preset": "small"},
+                            "train": {"steps": 15, "batch_size": 64, "checkpoint_every": 15, "sample_grid": 0}})
+    train(cfg, data, tmp_path / "one", progress=False)
+    train(cfg.replace("train", grad_accum=4), data, tmp_path / "four", progress=False)
+    a, b = _all_tensors(tmp_path / "one"), _all_tensors(tmp_path / "four")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    with pytest.raises(DifflabError, match="grad_accum"):
+        train(cfg.replace("train", grad_accum=5), data, tmp_path / "bad", progress=False)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    cfg = config_from_dict({"model": {"params": {"model_channels": 16}},
+                            "train": {"steps": 30, "batch_size": 32, "precision": "bf16", "checkpoint_every": 30,
+                                      "sample_grid": 0, "log_every": 1}})
+    train(cfg, load_data("digits", n=256), tmp_path, progress=False)
+    losses = [float(r.split(",")[1]) for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+    model = difflab.load(tmp_path)
+    assert next(model.denoiser.parameters()).dtype == torch.float32  # weights stay fp32
+
+
+def test_accumulated_gradients_equal_full_batch_gradients():
+    import contextlib
+
+    from difflab.backbones import build_backbone
+    from difflab.denoiser import Denoiser
+    from difflab.losses import DenoisingLoss, LogNormal
+    from difflab.training import accumulate_gradients
+
+    torch.manual_seed(0)
+    model = Denoiser(build_backbone("mlp", preset="small", in_features=3), sigma_data=1.0)
+    for p in model.parameters():  # leave the zero-initialised output layer: perturb everything
+        p.data.add_(0.05 * torch.randn_like(p))
+    loss_fn = DenoisingLoss(LogNormal(), "edm", sigma_data=1.0)
+    x0 = torch.randn(24, 3)
+    grads, values = [], []
+    for parts in (1, 3, 8):
+        model.zero_grad()
+        values.append(accumulate_gradients(model, loss_fn, x0, None, torch.Generator().manual_seed(5), parts,
+                                           contextlib.nullcontext()))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    full = loss_fn(model, x0, generator=torch.Generator().manual_seed(5)).mean()
+    assert values[0] == pytest.approx(float(full.detach()), rel=1e-6)
+    for g, v in zip(grads[1:], values[1:]):
+        torch.testing.assert_close(g, grads[0], rtol=1e-5, atol=1e-7)
+        assert v == pytest.approx(values[0], rel=1e-5)

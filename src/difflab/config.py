@@ -57,6 +57,8 @@ class LossCfg:
 class TrainCfg:
     steps: int = 2000  # optimiser steps
     batch_size: int | None = None  # global batch size; None: 128 for images, 512 for tabular data
+    grad_accum: int = 1  # split each batch into this many micro-batches (same result, less memory)
+    precision: str = "fp32"  # fp32, or bf16 (autocast of the backbone, on CPU and CUDA)
     lr: float = 2e-3  # AdamW peak learning rate
     lr_schedule: str = "cosine"  # constant or cosine (decay to lr_min_ratio * lr after warm-up)
     lr_min_ratio: float = 0.05
@@ -100,6 +102,7 @@ class ExperimentCfg:
 _RANGES = {
     "train.steps": (1, None),
     "train.batch_size": (1, None),
+    "train.grad_accum": (1, None),
     "train.lr": (0.0, None),
     "train.warmup": (0, None),
     "train.weight_decay": (0.0, None),
@@ -120,6 +123,7 @@ _RANGES = {
 }
 _CHOICES = {
     "train.lr_schedule": ("constant", "cosine"),
+    "train.precision": ("fp32", "bf16"),
     "loss.sigma_dist": ("lognormal", "log_uniform", "process"),
     "loss.weighting": ("edm", "min_snr", "likelihood", "uniform"),
     "model.prediction": ("edm", "eps", "x0", "v"),

@@ -127,17 +127,32 @@ class DenoisingLoss:
         self.sigma_data = sigma_data
         self.gamma = gamma
 
+    def draw(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Noise levels (float64, (N,)) and standard normal noise (float32, ``shape``) for a batch, drawn on
+        the CPU from ``generator`` so a seed gives the same draws on any device and for any split of the
+        batch into micro-batches or ranks."""
+        sigma = self.sigma_dist.sample(shape[0], generator=generator)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return sigma, noise
+
     def __call__(
-        self, denoiser, x0: Tensor, class_labels: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        denoiser,
+        x0: Tensor,
+        class_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        sigma: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """Draws sigma and noise from ``generator`` (a CPU generator, so a seed gives the same draws on any
-        device) and returns the per-sample loss, shape (N,)."""
+        """Per-sample loss, shape (N,). ``sigma`` and ``noise`` default to ``draw(x0.shape, generator)``."""
+        if sigma is None or noise is None:
+            sigma, noise = self.draw(tuple(x0.shape), generator)
         n = x0.shape[0]
-        sigma = self.sigma_dist.sample(n, generator=generator)
         weight = loss_weight(self.weighting, sigma, self.sigma_data, self.sigma_dist.pdf, self.gamma)
         sigma = sigma.to(device=x0.device, dtype=torch.float32)
         weight = weight.to(device=x0.device, dtype=torch.float32)
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+        noise = noise.to(x0.device, x0.dtype)
         x = x0 + sigma.reshape((n,) + (1,) * (x0.ndim - 1)).to(x0.dtype) * noise
         denoised = denoiser(x, sigma, class_labels)
         err = (denoised.float() - x0.float()) ** 2

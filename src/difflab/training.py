@@ -108,6 +108,25 @@ class TrainResult:
     last_loss: float
 
 
+def accumulate_gradients(model, loss_fn, x0, labels, generator, micro_batches: int, autocast) -> float:
+    """Backpropagate the batch mean loss in ``micro_batches`` pieces; returns the loss value.
+
+    Sigmas and noise are drawn once for the whole batch, so the gradient is the same (up to float summation
+    order) for any number of micro-batches.
+    """
+    n = x0.shape[0]
+    sigma, noise = loss_fn.draw(tuple(x0.shape), generator)
+    total = 0.0
+    for part in torch.arange(n).chunk(micro_batches):
+        sl = slice(int(part[0]), int(part[-1]) + 1)
+        with autocast:
+            part_labels = None if labels is None else labels[sl]
+            loss = loss_fn(model, x0[sl], part_labels, sigma=sigma[sl], noise=noise[sl]).sum() / n
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
@@ -147,6 +166,9 @@ def train(
         cfg = resolve_auto(cfg, data.kind)
     tc = cfg.train
     device = pick_device(tc.device)
+    if tc.batch_size % tc.grad_accum:
+        raise ConfigError(f"config.train.grad_accum: {tc.grad_accum} does not divide batch_size {tc.batch_size}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     with RunLock(run_dir):
         # on resume this records a changed train.steps / max_minutes
@@ -213,12 +235,10 @@ def train(
                 labels[drop.to(labels.device)] = data_info["num_classes"]
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            loss = loss_fn(model, x0, labels, generator=gen).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value = accumulate_gradients(model, loss_fn, x0, labels, gen, tc.grad_accum, autocast)
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            loss_value = float(loss.detach())
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 bad_steps += 1
                 warnings.warn(f"step {step}: non-finite loss or gradient; step skipped", stacklevel=2)
