@@ -230,8 +230,8 @@ def test_accumulated_gradients_equal_full_batch_gradients():
     grads, values = [], []
     for parts in (1, 3, 8):
         model.zero_grad()
-        values.append(accumulate_gradients(model, loss_fn, x0, None, torch.Generator().manual_seed(5), parts,
-                                           contextlib.nullcontext()))
+        sigma, noise = loss_fn.draw(tuple(x0.shape), torch.Generator().manual_seed(5))
+        values.append(accumulate_gradients(model, loss_fn, x0, None, sigma, noise, parts, contextlib.nullcontext()))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     full = loss_fn(model, x0, generator=torch.Generator().manual_seed(5)).mean()
     assert values[0] == pytest.approx(float(full.detach()), rel=1e-6)

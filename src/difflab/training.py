@@ -8,6 +8,7 @@ never interrupted (``tests/test_training.py`` checks this).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -28,7 +29,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ExperimentCfg, resolve_auto, write_json_atomic
-from .data import Dataset, fit_normalizer
+from . import distributed
+from .data import Dataset, Normalizer, fit_normalizer
 from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
 from .model import build_denoiser, load, read_run_config
@@ -108,21 +110,25 @@ class TrainResult:
     last_loss: float
 
 
-def accumulate_gradients(model, loss_fn, x0, labels, generator, micro_batches: int, autocast) -> float:
-    """Backpropagate the batch mean loss in ``micro_batches`` pieces; returns the loss value.
+def accumulate_gradients(
+    model, loss_fn, x0, labels, sigma, noise, micro_batches: int, autocast, sync=contextlib.nullcontext
+) -> float:
+    """Backpropagate the mean loss over ``x0`` in ``micro_batches`` pieces; returns the loss value.
 
-    Sigmas and noise are drawn once for the whole batch, so the gradient is the same (up to float summation
-    order) for any number of micro-batches.
+    ``sigma`` and ``noise`` are drawn for the whole batch beforehand (``DenoisingLoss.draw``), so the gradient
+    is the same, up to float summation order, for any number of micro-batches. ``sync()`` is entered for all
+    but the last piece (DDP's ``no_sync``).
     """
     n = x0.shape[0]
-    sigma, noise = loss_fn.draw(tuple(x0.shape), generator)
+    parts = torch.arange(n).chunk(micro_batches)
     total = 0.0
-    for part in torch.arange(n).chunk(micro_batches):
+    for i, part in enumerate(parts):
         sl = slice(int(part[0]), int(part[-1]) + 1)
-        with autocast:
-            part_labels = None if labels is None else labels[sl]
-            loss = loss_fn(model, x0[sl], part_labels, sigma=sigma[sl], noise=noise[sl]).sum() / n
-        loss.backward()
+        with sync() if i < len(parts) - 1 else contextlib.nullcontext():
+            with autocast:
+                part_labels = None if labels is None else labels[sl]
+                loss = loss_fn(model, x0[sl], part_labels, sigma=sigma[sl], noise=noise[sl]).sum() / n
+            loss.backward()
         total += float(loss.detach())
     return total
 
@@ -132,6 +138,30 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
+
+
+def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
+    """The run's config and data description (saved ones on resume) and the checkpoint to resume from."""
+    if not resume:
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
+        return resolve_auto(cfg, data.kind), describe_data(data, cfg, data_spec), None
+    saved_cfg, data_info = read_run_config(run_dir)
+    if list(data.x.shape[1:]) != data_info["shape"]:
+        raise DifflabError(f"--resume: data shape {list(data.x.shape[1:])} differs from the run's {data_info['shape']}")
+    cfg = saved_cfg.replace("train", steps=cfg.train.steps, max_minutes=cfg.train.max_minutes)
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is None:
+        warnings.warn(f"{run_dir}: no complete checkpoint yet; starting from step 0", stacklevel=3)
+    return cfg, data_info, ckpt
+
+
+def _loss_fn(cfg: ExperimentCfg, data_info: dict) -> DenoisingLoss:
+    process = process_from_dict({"name": cfg.process.name, **cfg.process.params})
+    lognormal = cfg.loss.sigma_dist == "lognormal"
+    params = {"p_mean": cfg.loss.p_mean, "p_std": cfg.loss.p_std} if lognormal else {}
+    dist_ = make_sigma_distribution(cfg.loss.sigma_dist, process, **params)
+    return DenoisingLoss(dist_, cfg.loss.weighting, sigma_data=data_info["sigma_data"], gamma=cfg.loss.gamma)
 
 
 def train(
@@ -148,53 +178,37 @@ def train(
 
     ``resume=True`` continues from the newest good checkpoint in ``run_dir`` with the config saved there;
     only ``train.steps`` and ``train.max_minutes`` are taken from ``cfg`` (a run killed before its first
-    checkpoint starts again from step 0). ``stop_after`` stops after that many steps
-    in this call without a final checkpoint (it simulates an interrupted run in tests).
+    checkpoint starts again from step 0). ``stop_after`` stops after that many steps in this call without a
+    final checkpoint (it simulates an interrupted run in tests). Under torchrun, every rank calls this; rank 0
+    alone writes files.
     """
     run_dir = Path(run_dir)
-    ckpt = None
-    if resume:
-        saved_cfg, data_info = read_run_config(run_dir)
-        cfg = saved_cfg.replace("train", steps=cfg.train.steps, max_minutes=cfg.train.max_minutes)
-        if list(data.x.shape[1:]) != data_info["shape"]:
-            raise DifflabError(f"--resume: data shape {list(data.x.shape[1:])} differs from the run's {data_info['shape']}")
-        ckpt = find_checkpoint(run_dir)
-    else:
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
-        data_info = describe_data(data, cfg, data_spec)
-        cfg = resolve_auto(cfg, data.kind)
+    cfg, data_info, ckpt = _prepare(cfg, data, run_dir, resume, data_spec)
     tc = cfg.train
-    device = pick_device(tc.device)
-    if tc.batch_size % tc.grad_accum:
-        raise ConfigError(f"config.train.grad_accum: {tc.grad_accum} does not divide batch_size {tc.batch_size}")
+    requested = pick_device(tc.device)
+    ctx = distributed.setup(requested.type)
+    device = ctx.device(requested)
+    if tc.batch_size % (tc.grad_accum * ctx.world):
+        raise ConfigError(f"config.train.batch_size: {tc.batch_size} is not divisible by grad_accum x world size "
+                          f"({tc.grad_accum} x {ctx.world})")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-
-    with RunLock(run_dir):
-        # on resume this records a changed train.steps / max_minutes
-        write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "data": data_info})
+    with RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:  # on resume this records a changed train.steps / max_minutes
+            write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "data": data_info})
         torch.manual_seed(tc.seed)
         model = build_denoiser(cfg, data_info).to(device)
         ema = copy.deepcopy(model).requires_grad_(False)
         impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **impl
-        )
-        process = process_from_dict({"name": cfg.process.name, **cfg.process.params})
-        dist_params = {"p_mean": cfg.loss.p_mean, "p_std": cfg.loss.p_std} if cfg.loss.sigma_dist == "lognormal" else {}
-        loss_fn = DenoisingLoss(
-            make_sigma_distribution(cfg.loss.sigma_dist, process, **dist_params),
-            cfg.loss.weighting,
-            sigma_data=data_info["sigma_data"],
-            gamma=cfg.loss.gamma,
-        )
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
+                                **impl)
+        loss_fn = _loss_fn(cfg, data_info)
         gen = torch.Generator().manual_seed(tc.seed + 1)
-        from .data import Normalizer
-
         x_all = Normalizer.from_dict(data_info["normalizer"]).forward(data.x).to(device)
-        labels_all = data.labels.to(device) if (cfg.model.class_conditional and data.labels is not None) else None
-        if cfg.model.class_conditional and labels_all is None:
-            raise ConfigError("config.model.class_conditional: the data has no labels")
+        labels_all = None
+        if cfg.model.class_conditional:
+            if data.labels is None:
+                raise ConfigError("config.model.class_conditional: the data has no labels")
+            labels_all = data.labels.to(device)
         order = DataOrder(x_all.shape[0], tc.seed)
         step, position = 0, 0
         if ckpt is not None:
@@ -205,40 +219,41 @@ def train(
             torch.set_rng_state(state["rng.torch"])
             gen.set_state(state["rng.loss"])
             step, position = extra["step"], extra["position"]
-        elif resume:
-            warnings.warn(f"{run_dir}: no complete checkpoint yet; starting from step 0", stacklevel=2)
-
-        metrics = _MetricsLog(run_dir / "metrics.csv", truncate_after=step)
+        net = distributed.wrap(model, ctx)
+        metrics = _MetricsLog(run_dir / "metrics.csv", truncate_after=step) if ctx.is_main else None
 
         def checkpoint(at_step: int) -> None:
-            opt_tensors, opt_meta = optimizer_to_flat(opt)
-            trainer_tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.loss": gen.get_state()}
-            save_checkpoint(
-                run_dir,
-                at_step,
-                {"model": model.state_dict(), "ema": ema.state_dict(), "trainer": trainer_tensors},
-                {"step": at_step, "position": position, "optimizer": opt_meta},
-                keep=tc.keep_checkpoints,
-            )
+            if ctx.is_main:
+                opt_tensors, opt_meta = optimizer_to_flat(opt)
+                trainer_tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.loss": gen.get_state()}
+                save_checkpoint(run_dir, at_step,
+                                {"model": model.state_dict(), "ema": ema.state_dict(), "trainer": trainer_tensors},
+                                {"step": at_step, "position": position, "optimizer": opt_meta},
+                                keep=tc.keep_checkpoints)
+            ctx.barrier()
 
-        model.train()
-        bar = tqdm(total=tc.steps, initial=step, desc="training", unit="step", disable=not progress)
+        net.train()
+        bar = tqdm(total=tc.steps, initial=step, desc="training", unit="step", disable=not (progress and ctx.is_main))
         t_start, last_loss, smooth, done_here, bad_steps = time.perf_counter(), float("nan"), None, 0, 0
         while step < tc.steps:
             idx = order.batch(position, tc.batch_size)
             position += tc.batch_size
-            x0 = x_all[idx]
             labels = None
-            if labels_all is not None:
+            if labels_all is not None:  # label dropout: the "unconditional" label num_classes
                 labels = labels_all[idx].clone()
                 drop = torch.rand(labels.shape[0], generator=gen) < cfg.loss.label_dropout
                 labels[drop.to(labels.device)] = data_info["num_classes"]
+            sigma, noise = loss_fn.draw((tc.batch_size, *x_all.shape[1:]), gen)
+            mine = ctx.shard(tc.batch_size)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             opt.zero_grad(set_to_none=True)
-            loss_value = accumulate_gradients(model, loss_fn, x0, labels, gen, tc.grad_accum, autocast)
-            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            loss_value = accumulate_gradients(
+                net, loss_fn, x_all[idx[mine]], None if labels is None else labels[mine], sigma[mine], noise[mine],
+                tc.grad_accum, autocast, sync=lambda: distributed.no_sync(net),
+            )
+            loss_value = ctx.mean(loss_value)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 bad_steps += 1
                 warnings.warn(f"step {step}: non-finite loss or gradient; step skipped", stacklevel=2)
@@ -256,19 +271,19 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{smooth:.4f}")
             elapsed = time.perf_counter() - t_start
-            if step % tc.log_every == 0 or step == tc.steps:
+            if metrics and (step % tc.log_every == 0 or step == tc.steps):
                 metrics.write(step, last_loss, opt.param_groups[0]["lr"], grad_norm, done_here * tc.batch_size / elapsed, elapsed)
             if stop_after is not None and done_here >= stop_after:
                 bar.close()
                 return TrainResult(run_dir, step, last_loss)
-            out_of_time = tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes
+            out_of_time = ctx.any(tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
             if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
                 checkpoint(step)
             if out_of_time:
                 bar.write(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached")
                 break
         bar.close()
-        if tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
+        if ctx.is_main and tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
             write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed, reference=data.x)
     return TrainResult(run_dir, step, last_loss)
 

@@ -54,17 +54,31 @@ def sample(denoiser: Denoiser, x: Tensor, sigmas: Tensor, sampler: str = "heun",
     return get_sampler(sampler)(denoiser, x, sigmas, **kw)
 
 
+def _nfe_count(sampler_name: str) -> Any:
+    """The sampler's ``nfe`` metadata; ``ConfigError`` (a ``ValueError``) for adaptive samplers."""
+    count = SAMPLERS.meta(sampler_name).get("nfe")
+    if count is None:
+        raise ConfigError(
+            f"{sampler_name}: adaptive sampler, its denoiser-call count depends on the tolerances and the "
+            "data, not on the number of steps"
+        )
+    return count
+
+
 def nfe(sampler_name: str, steps: int) -> int:
-    """Denoiser calls the sampler makes for ``steps`` intervals on a grid ending in 0."""
-    return int(SAMPLERS.meta(sampler_name)["nfe"](steps))
+    """Denoiser calls the sampler makes for ``steps`` intervals on a grid ending in 0.
+
+    Raises ``ValueError`` for an adaptive sampler (metadata ``nfe=None``, e.g. ``rk45``).
+    """
+    return int(_nfe_count(sampler_name)(steps))
 
 
 def steps_for_nfe(sampler_name: str, nfe: int) -> int:
     """The largest ``steps`` whose denoiser-call count is <= the budget ``nfe`` (counts increase).
 
-    Raises ``ValueError`` if even one step exceeds the budget.
+    Raises ``ValueError`` if even one step exceeds the budget, or for an adaptive sampler.
     """
-    count = SAMPLERS.meta(sampler_name)["nfe"]
+    count = _nfe_count(sampler_name)
     if count(1) > nfe:
         raise ConfigError(f"nfe: budget {nfe} is below the {count(1)} calls of one {sampler_name} step")
     lo, hi = 1, 2  # invariant: count(lo) <= budget; grow hi until count(hi) > budget
