@@ -16,12 +16,7 @@ from test_sampling import SIGMA_MAX, SIGMA_MIN, _assert_moments, gaussian_denois
 import difflab.sampling as S
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _log_snr(steps):

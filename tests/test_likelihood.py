@@ -18,12 +18,7 @@ from difflab.likelihood import bits_per_dim, dequantize, log_likelihood
 SMIN, SMAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(cov: torch.Tensor):

@@ -11,12 +11,7 @@ import difflab.sampling as S
 from difflab.ode import ODEStats, solve_ivp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("t0,t1", [(0.0, 2.0), (2.0, -1.0)])

@@ -33,13 +33,7 @@ def is_adaptive(name: str) -> bool:
     return bool(S.SAMPLERS.meta(name).get("adaptive", False))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: avoid intra-op thread overhead on a shared 2-core machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_denoiser(s: float):

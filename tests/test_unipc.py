@@ -18,12 +18,7 @@ from difflab.data import synthetic
 from difflab.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gaussian_rel_error(order: int, variant: str, steps: int, grid: str = "log_snr", s: float = 0.7) -> float:
