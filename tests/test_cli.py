@@ -8,7 +8,7 @@ import pytest
 
 from difflab.data import synthetic
 
-COMMANDS = ["train", "sample", "demo"]
+COMMANDS = ["train", "sample", "likelihood", "demo"]
 
 
 def run(*args, cwd=None):
@@ -102,3 +102,16 @@ def test_resume_keeps_the_runs_config_unless_overridden(tmp_path):
 
     saved = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert saved["train"]["batch_size"] == 32 and saved["train"]["steps"] == 8
+
+
+def test_likelihood_reports_nats_bits_and_writes_csv(tabular_run):
+    out = tabular_run / "nll.csv"
+    r = run("likelihood", str(tabular_run / "run"), "--data", str(tabular_run / "points.npy"), "--n", "40",
+            "--csv", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "nats per sample" in r.stdout and "bits/dim" in r.stdout
+    values = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert values.shape == (40, 2) and np.isfinite(values).all()
+    np.testing.assert_allclose(values[:, 1], values[:, 0] / (2 * np.log(2)), rtol=1e-6)
+    r = run("likelihood", str(tabular_run / "run"), "--data", "digits", "--quiet")
+    assert r.returncode == 2 and "expects [2]" in r.stderr
