@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -88,6 +89,8 @@ def cmd_train(args) -> int:
         return 0
     data = load_data(args.data)
     result = train(cfg, data, args.out, resume=args.resume, data_spec=args.data, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(f"trained {result.step} steps; checkpoints in {Path(args.out) / 'checkpoints'}")
     if (Path(args.out) / "samples.png").exists():
         print(f"sample grid: {Path(args.out) / 'samples.png'}")
@@ -176,7 +179,7 @@ def cmd_likelihood(args) -> int:
     data = load_data(args.data, n=args.n, seed=args.seed)
     if list(data.x.shape[1:]) != list(model.shape):
         raise DifflabError(f"{args.data}: samples of shape {list(data.x.shape[1:])}, the model expects {list(model.shape)}")
-    integers = bool(torch_is_integral(data.x)) if args.dequantize == "auto" else args.dequantize == "on"
+    integers = bool((data.x == data.x.round()).all()) if args.dequantize == "auto" else args.dequantize == "on"
     nll = nll_in_data_units(model, data.x, dequantize_integers=integers, trace=args.trace, probes=args.probes,
                             rtol=args.rtol, atol=args.atol, seed=args.seed, progress=not args.quiet)
     dims = math.prod(model.shape)
@@ -189,10 +192,6 @@ def cmd_likelihood(args) -> int:
         write_csv(args.csv, np.stack([nll.numpy(), bpd.numpy()], 1), ["nll_nats", "bits_per_dim"])
         print(f"wrote {args.csv}")
     return 0
-
-
-def torch_is_integral(x) -> bool:
-    return bool((x == x.round()).all())
 
 
 # -------------------------------------------------------------------------------------------------
