@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .config import ExperimentCfg, resolve_auto, write_json_atomic
 from . import distributed
-from .data import Dataset, Normalizer, fit_normalizer
+from .data import Dataset, Normalizer
 from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
 from .model import build_denoiser, load, read_run_config
@@ -40,7 +40,7 @@ from .runlock import RunLock
 
 def describe_data(data: Dataset, cfg: ExperimentCfg, spec: str | None = None) -> dict:
     """What the run needs to know about its data: kind, shape, classes, normaliser, sigma_data."""
-    normalizer = fit_normalizer(data)
+    normalizer = data.normalizer  # fitted by the loader (on all rows, also when it keeps a subset)
     z = normalizer.forward(data.x)
     sigma_data = cfg.model.sigma_data or float(z.std())
     return {
