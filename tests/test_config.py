@@ -60,7 +60,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_config_file(tmp_path / "missing.toml")
     typed = tmp_path / "typed.toml"
     typed.write_text("[train]\nbatch_size = -4\n")
-    with pytest.raises(ConfigError, match=r"typed.toml: config.train.batch_size: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"typed.toml: config.train.batch_size: must be in \[1, 1048576\], got -4"):
         load_config_file(typed)
 
 

@@ -238,3 +238,57 @@ def test_accumulated_gradients_equal_full_batch_gradients():
     for g, v in zip(grads[1:], values[1:]):
         torch.testing.assert_close(g, grads[0], rtol=1e-5, atol=1e-7)
         assert v == pytest.approx(values[0], rel=1e-5)
+
+
+def test_fp16_needs_cuda_and_precision_is_validated(tmp_path):
+    from difflab.errors import ConfigError
+
+    cfg = config_from_dict({"model": {"backbone": "mlp", "preset": "small"},
+                            "train": {"steps": 2, "precision": "fp16", "device": "cpu"}})
+    with pytest.raises(ConfigError, match="train.precision"):
+        train(cfg, load_data("gmm2d", n=100), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_from_dict({"train": {"precision": "fp8"}})
+
+
+def test_channels_last_gives_the_same_training_as_contiguous(tmp_path):
+    """channels-last only changes the memory layout: the same run ends with the same weights up to float
+    summation order (the convolution kernels differ)."""
+    base = {"model": {"params": {"model_channels": 8}},
+            "train": {"steps": 4, "batch_size": 16, "checkpoint_every": 4, "sample_grid": 0}}
+    data = load_data("digits", n=64)
+    for mode in ("off", "on"):
+        cfg = config_from_dict({**base, "train": {**base["train"], "channels_last": mode}})
+        train(cfg, data, tmp_path / mode, progress=False)
+    a, b = _all_tensors(tmp_path / "off"), _all_tensors(tmp_path / "on")
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_batch_source_indexes_and_converts_layout():
+    from difflab.training import BatchSource
+
+    x = torch.randn(10, 2, 4, 4)
+    idx = torch.tensor([3, 1, 7])
+    src = BatchSource(x, torch.arange(10), torch.device("cpu"), channels_last=True)
+    out = src.get(idx)
+    assert torch.equal(out, x[idx]) and out.is_contiguous(memory_format=torch.channels_last)
+    assert src.resident and torch.equal(src.labels[idx], idx)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """train.compile=True (torch.compile, inductor on the CPU) trains to the same weights as eager mode up to
+    float order. Slow (about a minute of compilation): run with ``pytest -m slow``."""
+    base = {"model": {"backbone": "mlp", "preset": "small"},
+            "train": {"steps": 4, "batch_size": 32, "checkpoint_every": 4, "sample_grid": 0}}
+    data = load_data("gmm2d", n=200)
+    for flag in (False, True):
+        cfg = config_from_dict({**base, "train": {**base["train"], "compile": flag}})
+        train(cfg, data, tmp_path / str(flag), progress=False)
+    a, b = _all_tensors(tmp_path / "False"), _all_tensors(tmp_path / "True")
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

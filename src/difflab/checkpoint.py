@@ -77,7 +77,7 @@ def save_checkpoint(
     manifest = {"format": FORMAT, "step": step, "sha256": {n: _sha256(p) for n, p in files.items()}}
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "LATEST", final.name + "\n")
@@ -85,9 +85,17 @@ def save_checkpoint(
     return final
 
 
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder without ever leaving a half-deleted one under a checkpoint name: it is first
+    renamed to a hidden ``.tmp-del-*`` name (one atomic step), which loaders ignore and later prunes remove."""
+    hidden = folder.with_name(f".tmp-del-{folder.name}-{os.getpid()}")
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def _prune(root: Path, keep: int) -> None:
     for old in list_checkpoints(root.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     for stale in root.glob(".tmp-*"):
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)

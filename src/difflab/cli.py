@@ -1,4 +1,5 @@
-"""The ``difflab`` command line: ``train``, ``sample`` and ``demo``.
+"""The ``difflab`` command line: ``train``, ``sample``, ``likelihood`` and ``demo`` (the task commands
+``inpaint``, ``denoise`` and ``anomaly`` live in ``difflab.cli_tasks``).
 
 The CLI holds no math: each command parses arguments, calls the Python API and writes files atomically.
 Errors a user can fix (bad file, bad argument) are printed as one line and exit with status 2; ``--debug``
@@ -8,15 +9,19 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .errors import DifflabError
 
 DEMO_STEPS = 2500
+MAX_SAMPLER_STEPS = 10_000  # more sampler steps than this is a typo, not a request (EDM uses <= 256)
 
 
 def _fmt(text: str) -> str:
@@ -34,17 +39,127 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(name):
+def _positive_int(name, hi: int | None = None):
+    return _int_in(name, 1, hi)
+
+
+def _int_in(name, lo: int, hi: int | None = None):
+    """An integer in [lo, hi] (hi=None: no upper bound)."""
+
     def parse(text):
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {hi}, got {v}")
         return v
 
     return parse
+
+
+SEED = _int_in("--seed", -(2**62), 2**62)  # seeds become torch generator seeds (seed + i per sample)
+
+
+def _float_in(name, lo: float, hi: float | None = None, *, strict: bool = False):
+    """A finite float >= lo (> lo with ``strict``) and <= hi; NaN and infinities are refused."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text}")
+        if not (v > lo if strict else v >= lo):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if strict else '>='} {lo:g}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {hi:g}, got {text}")
+        return v
+
+    return parse
+
+
+def _nonempty(name):
+    def parse(text):
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{name} must not be empty")
+        return text
+
+    return parse
+
+
+def _device(name):
+    """A torch device that exists here: cpu, cuda, cuda:N (N < the number of GPUs), mps ..."""
+
+    def parse(text):
+        import torch
+
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"{name}: unknown device {text!r} (e.g. cpu, cuda, cuda:1)") from None
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise argparse.ArgumentTypeError(f"{name} {text}: CUDA is not available here")
+            if dev.index is not None and dev.index >= count:
+                raise argparse.ArgumentTypeError(f"{name} {text}: only {count} CUDA device(s) here")
+        elif dev.type == "mps" and not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{name} {text}: MPS is not available here")
+        return text
+
+    return parse
+
+
+@contextlib.contextmanager
+def _no_partial_run(out: Path, resume: bool):
+    """A new run that fails before its first checkpoint leaves ``out`` as it found it: whatever it added
+    (config.json, metrics.csv, the folder itself) is removed. A run with a checkpoint is kept for --resume."""
+    from .checkpoint import list_checkpoints
+
+    if resume or os.environ.get("RANK", "0") != "0" or (out.exists() and not out.is_dir()):
+        yield
+        return
+    before = set(out.iterdir()) if out.is_dir() else None
+    try:
+        yield
+    except Exception:
+        if out.is_dir() and not list_checkpoints(out):
+            added = [out] if before is None else [p for p in out.iterdir() if p not in before]
+            for path in added:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        raise
+
+
+def _load_run(run: str, device: str):
+    """``difflab.load``; when no checkpoint loads, the reasons (warnings about skipped damaged checkpoints)
+    go into the one-line error instead of separate warning lines."""
+    from . import load
+    from .errors import CheckpointError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = load(run, device=device)
+        except CheckpointError as e:
+            reasons = "; ".join(str(w.message) for w in caught)
+            raise CheckpointError(f"{e} ({reasons})" if reasons else str(e)) from e
+        except RuntimeError as e:  # load_state_dict: tensor shapes that disagree with config.json
+            first = " ".join(str(e).split())[:200]
+            raise CheckpointError(f"{run}: the checkpoint's weights do not fit the run's config.json ({first})") from e
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings reach the user as ``difflab: warning: ...`` on one line (no source line)."""
+    text = " ".join(str(message).split())
+    print(f"difflab: warning: {text}", file=file or sys.stderr)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -88,7 +203,8 @@ def cmd_train(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     data = load_data(args.data)
-    result = train(cfg, data, args.out, resume=args.resume, data_spec=args.data, progress=not args.quiet)
+    with _no_partial_run(Path(args.out), args.resume):
+        result = train(cfg, data, args.out, resume=args.resume, data_spec=args.data, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     print(f"trained {result.step} steps; checkpoints in {Path(args.out) / 'checkpoints'}")
@@ -108,15 +224,19 @@ def write_samples(model, samples, out: Path) -> list[Path]:
     import numpy as np
 
     from .data import save_image_grid, to_display_uint8, to_uint8_images, write_csv
-    from .io import atomic_write
+    from .io import atomic_path, atomic_write
 
     vr = model.data_info.get("value_range")
     written = []
     if model.kind == "image":
         images = to_uint8_images(samples, vr)
-        atomic_write(out, lambda f: np.savez(f, images=images, value_range=np.asarray(vr, dtype=np.float64)))
         grid = out.with_suffix(".png")
-        save_image_grid(to_display_uint8(samples[:256], vr), grid)
+        # both files are complete under temporary names before either is renamed into place, so a failure
+        # while writing either leaves neither (only the two renames themselves are not one atomic step)
+        with atomic_path(out) as tmp_npz, atomic_path(grid) as tmp_grid:
+            with open(tmp_npz, "wb") as f:
+                np.savez(f, images=images, value_range=np.asarray(vr, dtype=np.float64))
+            save_image_grid(to_display_uint8(samples[:256], vr), tmp_grid)
         written += [out, grid]
     else:
         columns = model.data_info.get("columns") or [f"x{i}" for i in range(samples.shape[1])]
@@ -129,13 +249,21 @@ def write_samples(model, samples, out: Path) -> list[Path]:
     return written
 
 
-def cmd_sample(args) -> int:
-    from . import load
+def _check_output(flag: str, path: Path) -> None:
+    """Fail before any work when ``path`` cannot be written: no such folder, or a folder in the way."""
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise DifflabError(f"{flag} {path}: folder {path.parent} {what}")
+    if path.is_dir():
+        raise DifflabError(f"{flag} {path}: is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise DifflabError(f"{flag} {path}: folder {path.parent} is not writable")
 
+
+def cmd_sample(args) -> int:
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise DifflabError(f"--out {out}: folder {out.parent} does not exist")
-    model = load(args.run, device=args.device)
+    _check_output("--out", out)
+    model = _load_run(args.run, args.device)
     steps = args.steps
     if args.nfe is not None:
         from .sampling import nfe, steps_for_nfe
@@ -149,12 +277,15 @@ def cmd_sample(args) -> int:
     allowed = (".npz",) if model.kind == "image" else (".csv", ".npz")
     if out.suffix.lower() not in allowed:
         raise DifflabError(f"--out {out}: {model.kind} samples are written as {' or '.join(allowed)}")
+    if model.kind == "image":
+        _check_output("--out", out.with_suffix(".png"))  # the PNG grid written beside the .npz
     labels = None
     if args.class_label is not None:
         labels = [args.class_label] * args.n
     samples = model.sample(
         args.n, sampler=args.sampler, steps=steps, schedule=args.schedule, seed=args.seed,
         class_labels=labels, guidance=args.guidance, batch_size=args.batch_size, progress=not args.quiet,
+        sigma_last=args.sigma_last,
     )
     for path in write_samples(model, samples, out):
         print(f"wrote {path}")
@@ -171,11 +302,12 @@ def cmd_likelihood(args) -> int:
 
     import numpy as np
 
-    from . import load
     from .data import load_data, write_csv
     from .likelihood import nll_in_data_units
 
-    model = load(args.run, device=args.device)
+    if args.csv:
+        _check_output("--csv", Path(args.csv))
+    model = _load_run(args.run, args.device)
     data = load_data(args.data, n=args.n, seed=args.seed)
     if list(data.x.shape[1:]) != list(model.shape):
         raise DifflabError(f"{args.data}: samples of shape {list(data.x.shape[1:])}, the model expects {list(model.shape)}")
@@ -222,7 +354,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     print(f"difflab demo: training a class-conditional UNet on scikit-learn's digits "
           f"({args.steps} steps, <= {args.minutes} min)")
-    train(cfg, load_data("digits"), out, data_spec="digits", progress=not args.quiet)
+    with _no_partial_run(out, resume=False):
+        train(cfg, load_data("digits"), out, data_spec="digits", progress=not args.quiet)
     model = load(out)
     samples = model.sample(100, seed=0, progress=not args.quiet)
     written = write_samples(model, samples, out / "demo_samples.npz")
@@ -265,15 +398,16 @@ examples:
 """),
     )
     t.add_argument("--data", required=True, help="dataset name or path")
-    t.add_argument("--out", required=True, help="run folder (checkpoints, config.json, metrics.csv)")
+    t.add_argument("--out", required=True, type=_nonempty("--out"),
+                   help="run folder (checkpoints, config.json, metrics.csv)")
     t.add_argument("--steps", type=_positive_int("--steps"), help="optimiser steps (config: train.steps)")
     t.add_argument("--config", help="a .json or .toml config file")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
     t.add_argument("--batch-size", type=_positive_int("--batch-size"), dest="batch_size")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--lr", type=_float_in("--lr", 0.0, strict=True))
+    t.add_argument("--seed", type=SEED)
     t.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    t.add_argument("--minutes", type=float, help="stop after this many minutes of training (with a checkpoint)")
+    t.add_argument("--minutes", type=_float_in("--minutes", 0.0), help="stop after this many minutes of training (with a checkpoint)")
     t.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), dest="checkpoint_every")
     t.add_argument("--backbone", help="unet, dit or mlp (default: chosen from the data)")
     t.add_argument("--preset", help="backbone preset, e.g. tiny/small/base for unet")
@@ -299,17 +433,20 @@ examples:
     s.add_argument("--n", type=_positive_int("--n"), default=64, help="number of samples")
     s.add_argument("--out", required=True, help="output file (.npz for images; .csv or .npz for tables)")
     s.add_argument("--sampler", choices=SAMPLERS.names(), default=None, help="default: the run's (heun)")
-    s.add_argument("--steps", type=_positive_int("--steps"), default=None, help="sampler steps (default: the run's; 18 for images, 64 for tables)")
-    s.add_argument("--nfe", type=_positive_int("--nfe"), default=None,
+    s.add_argument("--steps", type=_positive_int("--steps", MAX_SAMPLER_STEPS), default=None, help="sampler steps (default: the run's; 18 for images, 64 for tables)")
+    s.add_argument("--nfe", type=_positive_int("--nfe", 4 * MAX_SAMPLER_STEPS), default=None,
                    help="budget of denoiser calls per sample; picks the most steps that fit (instead of --steps)")
     s.add_argument("--schedule", choices=SCHEDULES.names(), default=None, help="sigma grid (default: karras)")
-    s.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    s.add_argument("--sigma-last", type=_float_in("--sigma-last", 0.0, strict=True), dest="sigma_last", default=None,
+                   help="smallest nonzero grid level, in model units (default: the run's, else sigma_min); "
+                   "0.05-0.1 helps at few steps")
+    s.add_argument("--seed", type=SEED, default=0, help="sample i uses seed + i")
     s.add_argument("--class", type=int, dest="class_label", default=None,
                    help="class label for class-conditional runs (default: all classes in turn)")
-    s.add_argument("--guidance", type=float, default=None,
+    s.add_argument("--guidance", type=_float_in("--guidance", 0.0), default=None,
                    help="classifier-free guidance weight: 1 = conditional model, 0 = unconditional (default: the run's)")
     s.add_argument("--batch-size", type=_positive_int("--batch-size"), dest="batch_size", default=256)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", type=_device("--device"), default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
 
@@ -328,16 +465,20 @@ examples:
     lk.add_argument("--n", type=_positive_int("--n"), default=None, help="score a random subset of this size")
     lk.add_argument("--trace", choices=["auto", "exact", "hutchinson"], default="auto",
                     help="divergence: exact (small dims) or Hutchinson's estimator; auto = exact up to 32 dims")
-    lk.add_argument("--probes", type=_positive_int("--probes"), default=1, help="Hutchinson probes per sample")
-    lk.add_argument("--rtol", type=float, default=1e-5)
-    lk.add_argument("--atol", type=float, default=1e-5)
+    lk.add_argument("--probes", type=_positive_int("--probes", 1024), default=1, help="Hutchinson probes per sample")
+    lk.add_argument("--rtol", type=_float_in("--rtol", 0.0, 1.0, strict=True), default=1e-5)
+    lk.add_argument("--atol", type=_float_in("--atol", 0.0, 1.0), default=1e-5)
     lk.add_argument("--dequantize", choices=["auto", "on", "off"], default="auto",
                     help="add U[0,1) noise to integer-valued data (auto: when every value is an integer)")
     lk.add_argument("--csv", help="write per-sample nll_nats and bits_per_dim here")
-    lk.add_argument("--seed", type=int, default=0)
-    lk.add_argument("--device", default="cpu")
+    lk.add_argument("--seed", type=SEED, default=0)
+    lk.add_argument("--device", type=_device("--device"), default="cpu")
     lk.add_argument("--quiet", action="store_true")
     lk.set_defaults(func=cmd_likelihood)
+
+    from .cli_tasks import add_task_commands
+
+    add_task_commands(sub, _Formatter, _positive_int, _float_in, _device, SEED)
 
     d = sub.add_parser(
         "demo", help="train on the bundled digits and write a sample grid (a few minutes on a CPU)",
@@ -346,9 +487,10 @@ examples:
         "write a checkpoint and a PNG grid of samples, and print where they are.",
         epilog="example:\n  difflab demo --out difflab-demo",
     )
-    d.add_argument("--out", default="difflab-demo", help="run folder")
+    d.add_argument("--out", type=_nonempty("--out"), default="difflab-demo", help="run folder")
     d.add_argument("--steps", type=_positive_int("--steps"), default=DEMO_STEPS)
-    d.add_argument("--minutes", type=float, default=3.5, help="training time limit")
+    d.add_argument("--minutes", type=_float_in("--minutes", 0.0), default=3.5,
+                   help="training time limit (0 = none)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
@@ -358,6 +500,9 @@ examples:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = _one_line_warning
     try:
         return args.func(args)
     except DifflabError as e:
@@ -375,6 +520,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("difflab: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("difflab: error: out of memory; try a smaller --n, --batch-size or model", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug or an unforeseen input: still one line; --debug shows the traceback
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())[:300] or "(no message)"
+        print(f"difflab: error: unexpected {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ class TrainCfg:
     steps: int = 2000  # optimiser steps
     batch_size: int | None = None  # global batch size; None: 128 for images, 512 for tabular data
     grad_accum: int = 1  # split each batch into this many micro-batches (same result, less memory)
-    precision: str = "fp32"  # fp32, or bf16 (autocast of the backbone, on CPU and CUDA)
+    precision: str = "fp32"  # fp32; bf16 (autocast, CPU and CUDA); fp16 (autocast + gradient scaler, CUDA only)
+    compile: bool = False  # torch.compile the backbone for training (first steps are slow while it compiles)
+    channels_last: str = "auto"  # image backbones in channels-last memory format: auto (on CUDA only), on, off
     lr: float = 2e-3  # AdamW peak learning rate
     lr_schedule: str = "cosine"  # constant or cosine (decay to lr_min_ratio * lr after warm-up)
     lr_min_ratio: float = 0.05
@@ -82,6 +84,10 @@ class SampleCfg:
     steps: int | None = None  # None: 18 for images (EDM's setting), 64 for tabular data (sharp low-dim densities)
     schedule: str = "karras"
     guidance: float = 1.0  # classifier-free guidance weight for class-conditional models (1 = none)
+    # smallest nonzero level of the sampling grid (the last step jumps from it to 0 with x = D(x, sigma_last));
+    # None: the process's sigma_min. Raising it (0.05-0.1 in model units) cuts few-step ODE error ~2x
+    # (docs/benchmarks.md, bench/samplers.py).
+    sigma_last: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class ExperimentCfg:
 
 _RANGES = {
     "train.steps": (1, None),
-    "train.batch_size": (1, None),
+    "train.batch_size": (1, 1 << 20),
     "train.grad_accum": (1, None),
     "train.lr": (0.0, None),
     "train.warmup": (0, None),
@@ -120,10 +126,12 @@ _RANGES = {
     "model.sigma_data": (1e-6, None),
     "sample.steps": (1, None),
     "sample.guidance": (0.0, None),
+    "sample.sigma_last": (1e-6, None),
 }
 _CHOICES = {
     "train.lr_schedule": ("constant", "cosine"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.channels_last": ("auto", "on", "off"),
     "loss.sigma_dist": ("lognormal", "log_uniform", "process"),
     "loss.weighting": ("edm", "min_snr", "likelihood", "uniform"),
     "model.prediction": ("edm", "eps", "x0", "v"),

@@ -37,6 +37,14 @@ def auto_backbone(cfg: ExperimentCfg, data_info: dict) -> tuple[str, str]:
     return name, preset
 
 
+def process_of(cfg: ExperimentCfg) -> NoiseProcess:
+    """The run's noise process; a bad ``process.name``/``process.params`` is a ConfigError naming the key."""
+    try:
+        return process_from_dict({"name": cfg.process.name, **cfg.process.params})
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.process: {e}") from None
+
+
 def build_denoiser(cfg: ExperimentCfg, data_info: dict) -> Denoiser:
     """Backbone + preconditioning for data described by ``data_info`` (kind, shape, num_classes...)."""
     name, preset = auto_backbone(cfg, data_info)
@@ -55,7 +63,10 @@ def build_denoiser(cfg: ExperimentCfg, data_info: dict) -> Denoiser:
         params.setdefault("in_features", shape[0])
     if num_classes:
         params.setdefault("num_classes", num_classes)
-    backbone = build_backbone(name, preset=preset, **params)
+    try:
+        backbone = build_backbone(name, preset=preset, **params)
+    except ConfigError as e:
+        raise ConfigError(f"config.model: {e}") from None
     return Denoiser(backbone, prediction=cfg.model.prediction, sigma_data=data_info["sigma_data"])
 
 
@@ -75,7 +86,7 @@ class DiffusionModel:
         self.cfg = resolve_auto(cfg, data_info["kind"])
         self.data_info = data_info
         self.device = torch.device(device)
-        self.process: NoiseProcess = process_from_dict({"name": cfg.process.name, **cfg.process.params})
+        self.process: NoiseProcess = process_of(cfg)
         self.normalizer = Normalizer.from_dict(data_info["normalizer"])
         self.kind: str = data_info["kind"]
         self.shape: tuple[int, ...] = tuple(data_info["shape"])
@@ -97,11 +108,17 @@ class DiffusionModel:
         """Model space -> data units."""
         return self.normalizer.inverse(torch.as_tensor(z, dtype=torch.float32))
 
-    def sigmas(self, steps: int | None = None, schedule: str | None = None) -> Tensor:
+    def sigmas(self, steps: int | None = None, schedule: str | None = None, sigma_last: float | None = None) -> Tensor:
+        """The sampling grid (descending, ending in 0): ``steps`` intervals of ``schedule`` from sigma_max down to
+        ``sigma_last`` (default: the run's ``sample.sigma_last``, else the process's sigma_min), then 0."""
+        last = sigma_last if sigma_last is not None else self.cfg.sample.sigma_last
+        last = self.sigma_min if last is None else float(last)
+        if not self.sigma_min <= last < self.sigma_max:
+            raise ValueError(f"sigma_last: must be in [{self.sigma_min:g}, {self.sigma_max:g}), got {last:g}")
         return sampling.get_sigmas(
             schedule or self.cfg.sample.schedule,
             steps or self.cfg.sample.steps,
-            sigma_min=self.sigma_min,
+            sigma_min=last,
             sigma_max=self.sigma_max,
             process=self.process,
         )
@@ -113,6 +130,7 @@ class DiffusionModel:
         sampler: str | None = None,
         steps: int | None = None,
         schedule: str | None = None,
+        sigma_last: float | None = None,
         seed: int = 0,
         class_labels: Tensor | list[int] | int | None = None,
         guidance: float | None = None,
@@ -125,7 +143,7 @@ class DiffusionModel:
         For a class-conditional model, ``class_labels`` (one label, or one per sample) picks the classes;
         by default sample i gets class ``i % num_classes``, so every class is equally represented.
         ``guidance`` is the classifier-free guidance weight (default: the run's ``sample.guidance``;
-        1 = the plain conditional model, 0 = the unconditional one).
+        1 = the plain conditional model, 0 = the unconditional one). ``sigma_last``: see :meth:`sigmas`.
         """
         if n < 1:
             raise ValueError(f"n: must be >= 1, got {n}")
@@ -135,17 +153,12 @@ class DiffusionModel:
             raise ValueError(f"guidance: must be >= 0, got {guidance}")
         if class_labels is None and self.num_classes:
             class_labels = torch.arange(n) % self.num_classes
-        if class_labels is not None:
-            if not self.num_classes:
-                raise ValueError("class_labels: this model was not trained class-conditionally")
-            class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n).clone()
-            if class_labels.min() < 0 or class_labels.max() >= self.num_classes:
-                raise ValueError(f"class_labels: must be in [0, {self.num_classes - 1}]")
+        class_labels = check_class_labels(self, class_labels, n)
         z = generate(
             self.denoiser,
             self.shape,
             n,
-            sigmas=self.sigmas(steps, schedule).to(self.device),
+            sigmas=self.sigmas(steps, schedule, sigma_last).to(self.device),
             sampler=sampler or self.cfg.sample.sampler,
             seed=seed,
             class_labels=class_labels,
@@ -157,6 +170,23 @@ class DiffusionModel:
             **options,
         )
         return self.denormalize(z)
+
+
+def check_class_labels(model, class_labels, n: int) -> Tensor | None:
+    """``class_labels`` (None, one label, or one per sample) as a LongTensor of n labels in [0, num_classes),
+    checked against ``model.num_classes``; errors are ValueErrors naming ``class_labels``."""
+    if class_labels is None:
+        return None
+    num_classes = getattr(model, "num_classes", 0)
+    if not num_classes:
+        raise ValueError("class_labels: this model was not trained class-conditionally")
+    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+    if labels.numel() not in (1, n):
+        raise ValueError(f"class_labels: needs one label or one per sample ({n}), got {labels.numel()}")
+    labels = labels.expand(n).clone()
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"class_labels: must be in [0, {num_classes - 1}]")
+    return labels
 
 
 def read_run_config(run_dir: str | Path) -> tuple[ExperimentCfg, dict]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (
     find_checkpoint,
     load_state,
@@ -29,12 +30,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ExperimentCfg, resolve_auto, write_json_atomic
-from . import distributed
 from .data import Dataset, Normalizer
 from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
-from .model import build_denoiser, load, read_run_config
-from .process import process_from_dict
+from .model import build_denoiser, load, process_of, read_run_config
 from .runlock import RunLock
 
 
@@ -111,13 +110,14 @@ class TrainResult:
 
 
 def accumulate_gradients(
-    model, loss_fn, x0, labels, sigma, noise, micro_batches: int, autocast, sync=contextlib.nullcontext
+    model, loss_fn, x0, labels, sigma, noise, micro_batches: int, autocast, sync=contextlib.nullcontext, scale=None
 ) -> float:
     """Backpropagate the mean loss over ``x0`` in ``micro_batches`` pieces; returns the loss value.
 
     ``sigma`` and ``noise`` are drawn for the whole batch beforehand (``DenoisingLoss.draw``), so the gradient
     is the same, up to float summation order, for any number of micro-batches. ``sync()`` is entered for all
-    but the last piece (DDP's ``no_sync``).
+    but the last piece (DDP's ``no_sync``). ``scale`` (a GradScaler's ``scale``) multiplies each piece's loss
+    before its backward pass (fp16 loss scaling); the returned value is unscaled.
     """
     n = x0.shape[0]
     parts = torch.arange(n).chunk(micro_batches)
@@ -128,7 +128,7 @@ def accumulate_gradients(
             with autocast:
                 part_labels = None if labels is None else labels[sl]
                 loss = loss_fn(model, x0[sl], part_labels, sigma=sigma[sl], noise=noise[sl]).sum() / n
-            loss.backward()
+            (scale(loss) if scale is not None else loss).backward()
         total += float(loss.detach())
     return total
 
@@ -142,6 +142,9 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
     """The run's config and data description (saved ones on resume) and the checkpoint to resume from."""
+    if cfg.model.class_conditional and data.labels is None:
+        raise ConfigError("config.model.class_conditional: the data has no labels")
+    process_of(cfg)  # a bad process name fails before anything is written
     if not resume:
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
@@ -157,11 +160,174 @@ def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
 
 
 def _loss_fn(cfg: ExperimentCfg, data_info: dict) -> DenoisingLoss:
-    process = process_from_dict({"name": cfg.process.name, **cfg.process.params})
+    process = process_of(cfg)
     lognormal = cfg.loss.sigma_dist == "lognormal"
     params = {"p_mean": cfg.loss.p_mean, "p_std": cfg.loss.p_std} if lognormal else {}
     dist_ = make_sigma_distribution(cfg.loss.sigma_dist, process, **params)
     return DenoisingLoss(dist_, cfg.loss.weighting, sigma_data=data_info["sigma_data"], gamma=cfg.loss.gamma)
+
+
+def _precision(tc, device: torch.device):
+    """Autocast context and gradient scaler for ``train.precision`` (Micikevicius et al. 2018 for fp16 loss
+    scaling; bf16 has fp32's exponent range and needs no scaler)."""
+    if tc.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("config.train.precision: 'fp16' needs a CUDA device; use 'bf16' on the CPU")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+    return autocast, scaler
+
+
+def use_channels_last(tc, device: torch.device, kind: str) -> bool:
+    """``train.channels_last``: "on", "off", or "auto" = on for image backbones on CUDA (where cuDNN's NHWC
+    convolution kernels are faster); off on the CPU, where it measured no faster for the small UNets."""
+    if kind != "image" or tc.channels_last == "off":
+        return False
+    return tc.channels_last == "on" or device.type == "cuda"
+
+
+class BatchSource:
+    """The training set in model space, indexed one batch at a time.
+
+    Data is decoded once at load time, so there is no per-item work for DataLoader worker processes to
+    overlap: on the CPU, and on CUDA when the set takes under half the free device memory, the whole set lives
+    on the device and a batch is one index operation. A larger set stays in page-locked host memory and each
+    batch is gathered into one of two pinned buffers and copied asynchronously (``non_blocking``), which is
+    what ``DataLoader(pin_memory=True)`` would give, without worker processes.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None, device: torch.device, channels_last: bool):
+        self.device, self.channels_last = device, channels_last
+        self.labels = None if labels is None else labels.to(device)
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        self.resident = device.type != "cuda" or x.numel() * x.element_size() < 0.5 * free
+        self.x = x.to(device) if self.resident else x.pin_memory()
+        self._buffers: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._turn = 0
+
+    def _gather_pinned(self, idx: torch.Tensor) -> torch.Tensor:
+        shape = (idx.numel(), *self.x.shape[1:])
+        if not self._buffers or self._buffers[0][0].shape != shape:
+            self._buffers = [(torch.empty(shape, dtype=self.x.dtype).pin_memory(), None) for _ in range(2)]
+        self._turn ^= 1
+        buf, event = self._buffers[self._turn]
+        if event is not None:
+            event.synchronize()  # the copy that last read this buffer has finished
+        torch.index_select(self.x, 0, idx, out=buf)
+        out = buf.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._buffers[self._turn] = (buf, event)
+        return out
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.x[idx.to(self.x.device)] if self.resident else self._gather_pinned(idx)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class _Run:
+    """Everything one training run updates, with the checkpoint round-trip."""
+
+    cfg: ExperimentCfg
+    data_info: dict
+    ctx: distributed.DistContext
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    net: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: object
+    loss_fn: DenoisingLoss
+    gen: torch.Generator
+    batches: BatchSource
+    order: DataOrder
+    step: int = 0
+    position: int = 0
+
+    def save(self, run_dir: Path) -> None:
+        if self.ctx.is_main:
+            opt_tensors, opt_meta = optimizer_to_flat(self.opt)
+            trainer = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.loss": self.gen.get_state()}
+            extra = {"step": self.step, "position": self.position, "optimizer": opt_meta}
+            if self.scaler is not None:
+                extra["grad_scaler"] = self.scaler.state_dict()
+            save_checkpoint(run_dir, self.step,
+                            {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "trainer": trainer},
+                            extra, keep=self.cfg.train.keep_checkpoints)
+        self.ctx.barrier()
+
+    def restore(self, ckpt: Path) -> None:
+        self.model.load_state_dict(load_tensors(ckpt, "model"))
+        self.ema.load_state_dict(load_tensors(ckpt, "ema"))
+        state, extra = load_tensors(ckpt, "trainer"), load_state(ckpt)
+        optimizer_from_flat(self.opt, state, extra["optimizer"])
+        torch.set_rng_state(state["rng.torch"])
+        self.gen.set_state(state["rng.loss"])
+        if self.scaler is not None and "grad_scaler" in extra:
+            self.scaler.load_state_dict(extra["grad_scaler"])
+        self.step, self.position = extra["step"], extra["position"]
+
+    def train_step(self) -> tuple[float, float, bool]:
+        """One optimiser step on the next global batch; returns (loss, grad norm, whether it was applied)."""
+        tc, ctx = self.cfg.train, self.ctx
+        idx = self.order.batch(self.position, tc.batch_size)
+        self.position += tc.batch_size
+        labels = None
+        if self.batches.labels is not None:  # label dropout: the "unconditional" label num_classes
+            labels = self.batches.labels[idx.to(self.batches.labels.device)].clone()
+            drop = torch.rand(labels.shape[0], generator=self.gen) < self.cfg.loss.label_dropout
+            labels[drop.to(labels.device)] = self.data_info["num_classes"]
+        sigma, noise = self.loss_fn.draw((tc.batch_size, *self.batches.x.shape[1:]), self.gen)
+        mine = ctx.shard(tc.batch_size)
+        noise = noise[mine].contiguous(memory_format=torch.channels_last) if self.batches.channels_last else noise[mine]
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        scale = self.scaler.scale if self.scaler is not None else None
+        loss = accumulate_gradients(
+            self.net, self.loss_fn, self.batches.get(idx[mine]), None if labels is None else labels[mine],
+            sigma[mine], noise, tc.grad_accum, self.autocast, sync=lambda: distributed.no_sync(self.net), scale=scale,
+        )
+        loss = ctx.mean(loss)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
+        self.step += 1
+        if self.scaler is not None and math.isfinite(loss):
+            # fp16: an overflowing gradient is expected now and then; the scaler skips the step and lowers the scale
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            applied = math.isfinite(grad_norm)
+        elif math.isfinite(loss) and math.isfinite(grad_norm):
+            self.opt.step()
+            applied = True
+        else:
+            return loss, grad_norm, False
+        if applied:
+            _ema_update(self.ema, self.model, min(tc.ema_decay, (1 + self.step) / (10 + self.step)))
+        return loss, grad_norm, True
+
+
+def _build_run(cfg: ExperimentCfg, data_info: dict, data: Dataset, device: torch.device, ctx) -> _Run:
+    tc = cfg.train
+    autocast, scaler = _precision(tc, device)
+    channels_last = use_channels_last(tc, device, data_info["kind"])
+    torch.manual_seed(tc.seed)
+    model = build_denoiser(cfg, data_info).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, **impl)
+    labels = data.labels if cfg.model.class_conditional else None
+    x = Normalizer.from_dict(data_info["normalizer"]).forward(data.x)
+    net = distributed.wrap(model, ctx)
+    if tc.compile:
+        net = torch.compile(net)
+    return _Run(cfg, data_info, ctx, model, ema, net, opt, scaler, autocast, _loss_fn(cfg, data_info),
+                torch.Generator().manual_seed(tc.seed + 1), BatchSource(x, labels, device, channels_last),
+                DataOrder(x.shape[0], tc.seed))
 
 
 def train(
@@ -191,101 +357,54 @@ def train(
     if tc.batch_size % (tc.grad_accum * ctx.world):
         raise ConfigError(f"config.train.batch_size: {tc.batch_size} is not divisible by grad_accum x world size "
                           f"({tc.grad_accum} x {ctx.world})")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     with RunLock(run_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:  # on resume this records a changed train.steps / max_minutes
             write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "data": data_info})
-        torch.manual_seed(tc.seed)
-        model = build_denoiser(cfg, data_info).to(device)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
-                                **impl)
-        loss_fn = _loss_fn(cfg, data_info)
-        gen = torch.Generator().manual_seed(tc.seed + 1)
-        x_all = Normalizer.from_dict(data_info["normalizer"]).forward(data.x).to(device)
-        labels_all = None
-        if cfg.model.class_conditional:
-            if data.labels is None:
-                raise ConfigError("config.model.class_conditional: the data has no labels")
-            labels_all = data.labels.to(device)
-        order = DataOrder(x_all.shape[0], tc.seed)
-        step, position = 0, 0
+        run = _build_run(cfg, data_info, data, device, ctx)
         if ckpt is not None:
-            model.load_state_dict(load_tensors(ckpt, "model"))
-            ema.load_state_dict(load_tensors(ckpt, "ema"))
-            state, extra = load_tensors(ckpt, "trainer"), load_state(ckpt)
-            optimizer_from_flat(opt, state, extra["optimizer"])
-            torch.set_rng_state(state["rng.torch"])
-            gen.set_state(state["rng.loss"])
-            step, position = extra["step"], extra["position"]
-        net = distributed.wrap(model, ctx)
-        metrics = _MetricsLog(run_dir / "metrics.csv", truncate_after=step) if ctx.is_main else None
+            run.restore(ckpt)
+        result, finished = _loop(run, run_dir, progress and ctx.is_main, stop_after)
+        if finished and ctx.is_main and tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
+            write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed, reference=data.x)
+    return result
 
-        def checkpoint(at_step: int) -> None:
-            if ctx.is_main:
-                opt_tensors, opt_meta = optimizer_to_flat(opt)
-                trainer_tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.loss": gen.get_state()}
-                save_checkpoint(run_dir, at_step,
-                                {"model": model.state_dict(), "ema": ema.state_dict(), "trainer": trainer_tensors},
-                                {"step": at_step, "position": position, "optimizer": opt_meta},
-                                keep=tc.keep_checkpoints)
-            ctx.barrier()
 
-        net.train()
-        bar = tqdm(total=tc.steps, initial=step, desc="training", unit="step", disable=not (progress and ctx.is_main))
-        t_start, last_loss, smooth, done_here, bad_steps = time.perf_counter(), float("nan"), None, 0, 0
-        while step < tc.steps:
-            idx = order.batch(position, tc.batch_size)
-            position += tc.batch_size
-            labels = None
-            if labels_all is not None:  # label dropout: the "unconditional" label num_classes
-                labels = labels_all[idx].clone()
-                drop = torch.rand(labels.shape[0], generator=gen) < cfg.loss.label_dropout
-                labels[drop.to(labels.device)] = data_info["num_classes"]
-            sigma, noise = loss_fn.draw((tc.batch_size, *x_all.shape[1:]), gen)
-            mine = ctx.shard(tc.batch_size)
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, step)
-            opt.zero_grad(set_to_none=True)
-            loss_value = accumulate_gradients(
-                net, loss_fn, x_all[idx[mine]], None if labels is None else labels[mine], sigma[mine], noise[mine],
-                tc.grad_accum, autocast, sync=lambda: distributed.no_sync(net),
-            )
-            loss_value = ctx.mean(loss_value)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+def _loop(run: _Run, run_dir: Path, progress: bool, stop_after: int | None) -> tuple[TrainResult, bool]:
+    """Steps until ``train.steps``, the time limit or ``stop_after``; checkpoints, metrics, progress bar.
+
+    Returns the result and whether the run ended normally (False after ``stop_after``).
+    """
+    tc, ctx = run.cfg.train, run.ctx
+    metrics = _MetricsLog(run_dir / "metrics.csv", truncate_after=run.step) if ctx.is_main else None
+    run.net.train()
+    bar = tqdm(total=tc.steps, initial=run.step, desc="training", unit="step", disable=not progress)
+    t_start, last_loss, smooth, done_here, bad_steps = time.perf_counter(), float("nan"), None, 0, 0
+    with bar:
+        while run.step < tc.steps:
+            loss, grad_norm, ok = run.train_step()
+            if not ok:
                 bad_steps += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient; step skipped", stacklevel=2)
+                warnings.warn(f"step {run.step - 1}: non-finite loss or gradient; step skipped", stacklevel=2)
                 if bad_steps >= 5:
                     raise DifflabError(f"training stopped: {bad_steps} non-finite steps in a row (last good checkpoint kept)")
-                step += 1
                 continue
-            bad_steps = 0
-            opt.step()
-            step += 1
-            done_here += 1
-            _ema_update(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
-            last_loss = loss_value
-            smooth = last_loss if smooth is None else 0.95 * smooth + 0.05 * last_loss
+            bad_steps, done_here, last_loss = 0, done_here + 1, loss
+            smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{smooth:.4f}")
             elapsed = time.perf_counter() - t_start
-            if metrics and (step % tc.log_every == 0 or step == tc.steps):
-                metrics.write(step, last_loss, opt.param_groups[0]["lr"], grad_norm, done_here * tc.batch_size / elapsed, elapsed)
+            if metrics and (run.step % tc.log_every == 0 or run.step == tc.steps):
+                lr = run.opt.param_groups[0]["lr"]
+                metrics.write(run.step, loss, lr, grad_norm, done_here * tc.batch_size / elapsed, elapsed)
             if stop_after is not None and done_here >= stop_after:
-                bar.close()
-                return TrainResult(run_dir, step, last_loss)
+                return TrainResult(run_dir, run.step, last_loss), False
             out_of_time = ctx.any(tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
-            if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
-                checkpoint(step)
+            if run.step % tc.checkpoint_every == 0 or run.step == tc.steps or out_of_time:
+                run.save(run_dir)
             if out_of_time:
-                bar.write(f"stopping at step {step}: train.max_minutes={tc.max_minutes} reached")
+                bar.write(f"stopping at step {run.step}: train.max_minutes={tc.max_minutes} reached")
                 break
-        bar.close()
-        if ctx.is_main and tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
-            write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed, reference=data.x)
-    return TrainResult(run_dir, step, last_loss)
+    return TrainResult(run_dir, run.step, last_loss), True
 
 
 def write_sample_grid(run_dir: Path, n: int, seed: int = 0, reference=None) -> Path:

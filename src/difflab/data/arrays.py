@@ -117,7 +117,7 @@ def _npz_label_key(path: Path, loaded: dict[str, object], label_column: str | No
     return next((k for k in NPZ_LABEL_KEYS if k in loaded), None)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -187,7 +187,7 @@ def read_csv(path: Path, label_column: str | None) -> RawData:
 
 
 def _check_header(path: Path, header: list[str]) -> None:
-    if all(_is_number(h) for h in header if h):
+    if all(is_number(h) for h in header if h):
         fail(path, "line 1 looks like data, but a header row with column names is required")
     seen: set[str] = set()
     for name in header:
