@@ -295,7 +295,7 @@ def cmd_anomaly(args) -> int:
     if args.score == "recon":
         spec = args.reference or model.data_info.get("spec")
         try:
-            ref = load_data(spec, label_column="", n=min(512, model.data_info.get("count", 512)))
+            ref = load_data(spec, n=min(512, model.data_info.get("count", 512)))
             if tuple(ref.sample_shape) == tuple(model.shape):
                 reference = ref.x
         except DifflabError:
