@@ -180,7 +180,8 @@ def _precision(tc, device: torch.device):
 
 def use_channels_last(tc, device: torch.device, kind: str) -> bool:
     """``train.channels_last``: "on", "off", or "auto" = on for image backbones on CUDA (where cuDNN's NHWC
-    convolution kernels are faster); off on the CPU, where it measured no faster for the small UNets."""
+    convolution kernels are faster with mixed precision); "auto" leaves it off on the CPU, where it has not been
+    measured to help (set "on" to try it)."""
     if kind != "image" or tc.channels_last == "off":
         return False
     return tc.channels_last == "on" or device.type == "cuda"
@@ -294,19 +295,18 @@ class _Run:
             self.scaler.unscale_(self.opt)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf")))
         self.step += 1
-        if self.scaler is not None and math.isfinite(loss):
-            # fp16: an overflowing gradient is expected now and then; the scaler skips the step and lowers the scale
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if self.scaler is not None:
+            # fp16: the scaler skips a step whose gradients overflowed and lowers the scale (expected now and
+            # then, not a fault); step() and update() run every time so the scaler's per-step state is reset
             self.scaler.step(self.opt)
             self.scaler.update()
-            applied = math.isfinite(grad_norm)
-        elif math.isfinite(loss) and math.isfinite(grad_norm):
+        elif finite:
             self.opt.step()
-            applied = True
-        else:
-            return loss, grad_norm, False
-        if applied:
+        if finite:
             _ema_update(self.ema, self.model, min(tc.ema_decay, (1 + self.step) / (10 + self.step)))
-        return loss, grad_norm, True
+        # a non-finite loss is a fault; with fp16, an overflow of the scaled gradients alone is not
+        return loss, grad_norm, math.isfinite(loss) and (finite or self.scaler is not None)
 
 
 def _build_run(cfg: ExperimentCfg, data_info: dict, data: Dataset, device: torch.device, ctx) -> _Run:
