@@ -144,6 +144,18 @@ def _check_count(flag: str, out: Path, n: int) -> None:
         raise DifflabError(f"{flag} {out}: a .png holds one image, the input has {n}; write an .npz")
 
 
+def _open_io(args, flag: str, spec: str):
+    """The checked ``--out`` path, the loaded run and its inputs (inpaint and denoise share this)."""
+    from .cli import _load_run
+
+    out = Path(args.out)
+    model = _load_run(args.run, args.device)
+    _check_suffix("--out", out, model)
+    inputs = read_inputs(flag, spec, model)
+    _check_count("--out", out, inputs.x.shape[0])
+    return out, model, inputs
+
+
 def _class_labels(args, model, n: int):
     if args.class_label is None:
         return None
@@ -160,14 +172,9 @@ def _class_labels(args, model, n: int):
 
 
 def cmd_inpaint(args) -> int:
-    from .cli import _load_run
     from .tasks import inpaint as ip
 
-    out = Path(args.out)
-    model = _load_run(args.run, args.device)
-    _check_suffix("--out", out, model)
-    inputs = read_inputs("--image", args.image, model)
-    _check_count("--out", out, inputs.x.shape[0])
+    out, model, inputs = _open_io(args, "--image", args.image)
     mask = read_mask(args.mask, inputs.x)
     steps = args.steps or ip.DEFAULT_STEPS[args.method]
     options = {k: v for k, v in (("jump_length", args.jump_length), ("resamplings", args.resamplings),
@@ -202,14 +209,9 @@ def _sigma_arg(text: str):
 
 
 def cmd_denoise(args) -> int:
-    from .cli import _load_run
     from .tasks import denoise as dn
 
-    out = Path(args.out)
-    model = _load_run(args.run, args.device)
-    _check_suffix("--out", out, model)
-    inputs = read_inputs("--input", args.input, model)
-    _check_count("--out", out, inputs.x.shape[0])
+    out, model, inputs = _open_io(args, "--input", args.input)
     sigma = args.sigma
     if sigma != "auto":
         if args.sigma_scale == "unit":
