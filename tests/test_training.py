@@ -292,3 +292,15 @@ def test_compiled_training_matches_eager(tmp_path):
     for k in a:
         if a[k].is_floating_point():
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resuming_a_class_conditional_run_on_unlabelled_data_is_refused(tmp_path):
+    from difflab.errors import ConfigError
+
+    cfg = config_from_dict({"model": {"backbone": "mlp", "preset": "small", "class_conditional": True},
+                            "train": {"steps": 2, "batch_size": 16, "checkpoint_every": 2, "sample_grid": 0}})
+    train(cfg, load_data("gmm2d", n=64), tmp_path, progress=False)
+    unlabelled = load_data("gmm2d", n=64, label_column="")
+    assert unlabelled.labels is None
+    with pytest.raises(ConfigError, match="class_conditional"):
+        train(cfg.replace("train", steps=4), unlabelled, tmp_path, resume=True, progress=False)

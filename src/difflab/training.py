@@ -140,19 +140,26 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             be.copy_(bm)
 
 
-def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
-    """The run's config and data description (saved ones on resume) and the checkpoint to resume from."""
+def _check_run(cfg: ExperimentCfg, data: Dataset) -> None:
     if cfg.model.class_conditional and data.labels is None:
         raise ConfigError("config.model.class_conditional: the data has no labels")
-    process_of(cfg)  # a bad process name fails before anything is written
+    process_of(cfg)  # a bad process name fails here rather than after config.json is written
+
+
+def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
+    """The run's config and data description (saved ones on resume) and the checkpoint to resume from.
+
+    Problems with the config or the data are raised here, before anything is written."""
     if not resume:
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
+        _check_run(cfg, data)
         return resolve_auto(cfg, data.kind), describe_data(data, cfg, data_spec), None
     saved_cfg, data_info = read_run_config(run_dir)
     if list(data.x.shape[1:]) != data_info["shape"]:
         raise DifflabError(f"--resume: data shape {list(data.x.shape[1:])} differs from the run's {data_info['shape']}")
     cfg = saved_cfg.replace("train", steps=cfg.train.steps, max_minutes=cfg.train.max_minutes)
+    _check_run(cfg, data)
     ckpt = find_checkpoint(run_dir)
     if ckpt is None:
         warnings.warn(f"{run_dir}: no complete checkpoint yet; starting from step 0", stacklevel=3)
