@@ -70,28 +70,23 @@ def read_inputs(flag: str, spec: str, model, label_column: str | None = None) ->
 
 
 def read_mask(spec: str, images: torch.Tensor) -> torch.Tensor:
-    """A mask file (image, folder, .npy/.npz, CSV) as bool, True = fill; 0/1 or 0/255 values."""
+    """A mask file (image, folder, .npy/.npz, CSV) as bool, True = fill: 0/1 values, or a black/white image
+    (0/255). Shapes and values are checked by ``tasks.inpaint.broadcast_mask``, the API's own check."""
     from .data import load_data
+    from .tasks.inpaint import broadcast_mask
 
     try:
         m = load_data(spec, label_column="").x
     except DataError as e:
         raise DataError(f"--mask {e}") from None
-    values = set(torch.unique(m).tolist())
-    if values <= {0.0, 1.0}:
-        m = m > 0.5
-    elif values <= {0.0, 255.0}:
-        m = m > 127.5
-    else:
-        raise DataError(f"--mask {spec}: values must be 0/1 (or black/white 0/255), got {len(values)} distinct "
-                        f"values in [{min(values):g}, {max(values):g}]")
     if m.shape[0] == 1:
         m = m[0]
-    one = tuple(images.shape[1:])
-    ok = tuple(m.shape) in (one, (1, *one[1:]), tuple(images.shape), (images.shape[0], 1, *one[1:]))
-    if not ok:
-        raise DataError(f"--mask {spec}: shape {list(m.shape)} does not match the input's {list(images.shape)}")
-    return m
+    if set(torch.unique(m).tolist()) <= {0.0, 255.0}:
+        m = m.to(torch.uint8)  # 8-bit files load as floats; broadcast_mask reads uint8 0/255 as black/white
+    try:
+        return broadcast_mask(m, tuple(images.shape), "the input")
+    except ValueError as e:
+        raise DataError(f"--mask {spec}: {e}") from None
 
 
 def write_outputs(flag: str, out: Path, y: torch.Tensor, model, inputs: Inputs) -> list[Path]:
