@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     ap.add_argument("--steps", type=int, default=18, help="Heun steps (2 x steps - 1 calls, x2 with guidance)")
     ap.add_argument("--run", default="bench/out/mnist_cond")
+    ap.add_argument("--batch-size", type=int, default=None, help="train.batch_size (default: difflab's, 128)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to difflab train")
     a = ap.parse_args(argv)
     images = MNIST / "train-images-idx3-ubyte.gz"
     if not images.exists():
@@ -53,12 +55,16 @@ def main(argv=None) -> int:
     if not (run / "checkpoints").is_dir():
         cmd = [sys.executable, "-m", "difflab", "train", "--data", str(images), "--out", str(run),
                "--class-conditional", "--minutes", str(a.minutes), "--steps", "100000", "--quiet"]
+        cmd += ["--batch-size", str(a.batch_size)] if a.batch_size else []
+        cmd += [arg for kv in a.set for arg in ("--set", kv)]
         subprocess.run(cmd, check=True)
     train_s = time.perf_counter() - t0
     model = difflab.load(run)
     steps_done = int((run / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
     print(f"classifier accuracy on 1,000 held-out real digits: {ceiling:.3f}")
-    print(f"model: {run} (class-conditional, default config, {steps_done} steps, {train_s:.0f} s this call)")
+    changed = ([f"batch {a.batch_size}"] if a.batch_size else []) + a.set
+    print(f"model: {run} (class-conditional, {'default config' if not changed else ', '.join(changed)}, "
+          f"{steps_done} steps, {train_s:.0f} s this call)")
     print("| guidance | requested class recognised | per class (0-9) | sampling s |")
     print("|---|---|---|---|")
     wanted = torch.arange(a.n) % 10

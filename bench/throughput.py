@@ -67,7 +67,7 @@ class Trainer:
     forward: callable  # one forward pass on a batch (for the FLOP count), no optimiser
 
 
-def difflab_trainer(precision: str, overrides: dict) -> Trainer:
+def difflab_trainer(precision: str, overrides: dict, train: dict | None = None) -> Trainer:
     """difflab's own training step, built the way ``difflab.training.train`` builds it."""
     from difflab.config import ExperimentCfg
     from difflab.data import Dataset
@@ -79,7 +79,8 @@ def difflab_trainer(precision: str, overrides: dict) -> Trainer:
     data = Dataset(x=x, labels=None, kind="image", name="random28", value_range=(0.0, 255.0))
     cfg = ExperimentCfg()
     cfg = cfg.replace("model", backbone="unet", preset="small", params=dict(overrides))
-    cfg = cfg.replace("train", batch_size=BATCH, precision=precision, device="cpu", warmup=1, sample_grid=0)
+    cfg = cfg.replace("train", batch_size=BATCH, precision=precision, device="cpu", warmup=1, sample_grid=0,
+                      **(train or {}))
     cfg, data_info, _ = _prepare(cfg, data, Path("/nonexistent-throughput-run"), False, None)
     run = _build_run(cfg, data_info, data, torch.device("cpu"), DistContext())
     run.net.train()
@@ -96,7 +97,7 @@ def difflab_trainer(precision: str, overrides: dict) -> Trainer:
     return Trainer("difflab", run.model, step, forward)
 
 
-def diffusers_trainer(precision: str) -> Trainer:
+def diffusers_trainer(precision: str, channels_last: bool = False, compile: bool = False) -> Trainer:
     """diffusers' standard unconditional training step (``examples/unconditional_image_generation``)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -106,6 +107,9 @@ def diffusers_trainer(precision: str) -> Trainer:
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     ).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
     sched = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     gen = torch.Generator().manual_seed(1)
@@ -121,7 +125,7 @@ def diffusers_trainer(precision: str) -> Trainer:
         t = torch.randint(0, sched.config.num_train_timesteps, (BATCH,), generator=gen)
         noisy = sched.add_noise(clean, noise, t)
         with autocast:
-            pred = model(noisy, t, return_dict=False)[0]
+            pred = net(noisy, t, return_dict=False)[0]
         return F.mse_loss(pred.float(), noise)
 
     def step() -> None:
@@ -203,7 +207,8 @@ def profile_step(trainer: Trainer, steps: int = 3, rows: int = 15) -> str:
 
 def measure(precision: str, args) -> dict:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    trainers = [difflab_trainer(precision, args.difflab_params), diffusers_trainer(precision)]
+    trainers = [difflab_trainer(precision, args.difflab_params, args.difflab_train),
+                diffusers_trainer(precision, args.peer_channels_last, args.peer_compile)]
     info = {"precision": precision, "peak": matmul_peak(dtype), "models": {}}
     for tr in trainers:
         fwd, full = count_flops(tr)
@@ -273,7 +278,9 @@ def report(results: list[dict], args, load_start, load_end, waited: float) -> st
         (f"- load average (1/5/15 min) at start {'/'.join(f'{v:.2f}' for v in load_start)}, "
         f"at end {'/'.join(f'{v:.2f}' for v in load_end)} (waited {waited:.0f} s for a quiet machine)"),
         f"- {args.rounds} alternating rounds of {args.seconds:g} s per model after {args.warmup} warm-up steps; "
-        "difflab params overrides: " + (str(args.difflab_params) if args.difflab_params else "none (preset small)"),
+        "difflab params overrides: " + (str(args.difflab_params) if args.difflab_params else "none (preset small)")
+        + "; difflab train overrides: " + (str(args.difflab_train) if args.difflab_train else "none")
+        + f"; diffusers channels-last: {args.peer_channels_last}, compiled: {args.peer_compile}",
         ("- difflab step: `_Run.train_step` (EDM loss, backward, grad clip, AdamW(foreach), EMA); diffusers step: "
         "DDPM add_noise, eps-MSE, backward, AdamW(foreach) (no clipping, no EMA)"),
         ("- GFLOP/img step = FlopCounterMode over a whole training step (forward + backward; matmul/conv/attention "
@@ -319,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--difflab-param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a UNet preset parameter (e.g. model_channels=24, channel_mult=1,2,3)")
+    p.add_argument("--difflab-train", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train config key of difflab (e.g. channels_last=on, compile=true)")
+    p.add_argument("--peer-channels-last", action="store_true", help="diffusers' model in channels-last too")
+    p.add_argument("--peer-compile", action="store_true", help="torch.compile diffusers' model too")
     p.add_argument("--profile", action="store_true", help="append torch.profiler top ops of both steps")
     p.add_argument("--quiet-load", type=float, default=1.5, help="wait until the 1-min load is below this")
     p.add_argument("--max-wait", type=float, default=600.0, help="longest wait for a quiet machine (s)")
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.seconds <= 0 or args.rounds < 1 or args.threads < 1:
         raise ValueError("--seconds, --rounds and --threads must be positive")
     args.difflab_params = parse_params(args.difflab_param)
+    args.difflab_train = {k: (v == "true" if v in ("true", "false") else v)
+                          for k, v in parse_params(args.difflab_train).items()}
     torch.set_num_threads(args.threads)
 
     waited = wait_for_quiet(args.quiet_load, args.max_wait)

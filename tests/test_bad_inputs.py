@@ -271,6 +271,17 @@ CASES = [
     # the PNG grid beside an image .npz cannot be written: neither file may appear
     _c("sample-image-grid-blocked", ["sample", "{img}", "--n", "2", "--steps", "1", "--sampler", "euler", "--quiet",
                                      "--out", "{tmp}/s.npz"], "s.png", ["{tmp}/s.npz", "+{tmp}/s.png/"]),
+    _c("sample-tuned-grid-missing", [*SAMPLE_TAB, "--out", "{tmp}/s.csv", "--schedule", "tuned"], "difflab tune",
+       ["{tmp}/s.csv"]),
+    # --- tune (writes RUN/schedules.json: the check that {tab} is unchanged covers it) ------------------
+    _c("tune-missing-run", ["tune", "{tmp}/norun", "--quiet"], "norun"),
+    _c("tune-truncated-checkpoint", ["tune", "{runs}/truncated", "--quiet"], "truncated"),
+    _c("tune-stochastic-sampler", ["tune", "{tab}", "--sampler", "ddpm", "--quiet"], "--sampler ddpm"),
+    _c("tune-unknown-sampler", ["tune", "{tab}", "--sampler", "magic", "--quiet"], "magic"),
+    _c("tune-one-sample", ["tune", "{tab}", "--n", "1", "--quiet"], "--n"),
+    _c("tune-steps-and-nfe", ["tune", "{tab}", "--steps", "3", "--nfe", "3", "--quiet"], "--nfe"),
+    _c("tune-zero-max-evals", ["tune", "{tab}", "--max-evals", "0", "--quiet"], "--max-evals"),
+    _c("tune-nfe-below-one-step", ["tune", "{tab}", "--sampler", "heun", "--nfe", "0", "--quiet"], "--nfe"),
     # --- likelihood -------------------------------------------------------------------------------
     _c("likelihood-missing-run", ["likelihood", "{tmp}/norun", "--data", "gmm2d", "--csv", "{tmp}/nll.csv"],
        "norun", ["{tmp}/nll.csv"]),

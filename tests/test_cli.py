@@ -8,7 +8,7 @@ import pytest
 
 from difflab.data import synthetic
 
-COMMANDS = ["train", "sample", "likelihood", "demo"]
+COMMANDS = ["train", "sample", "tune", "likelihood", "demo"]
 
 
 def run(*args, cwd=None):

@@ -88,6 +88,20 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 41))
 
 
+def test_callback_sees_every_step_and_can_stop_the_run_with_a_checkpoint(tmp_path):
+    seen = []
+
+    def cb(p):
+        seen.append((p.step, p.loss, p.elapsed_s))
+        assert isinstance(p.ema, torch.nn.Module) and p.lr > 0
+        return p.step == 13
+
+    result = train(_mlp_cfg(40), load_data("gmm2d", n=500), tmp_path / "run", progress=False, callback=cb)
+    assert result.step == 13 and [s for s, _, _ in seen] == list(range(1, 14))
+    assert all(e2 >= e1 for (_, _, e1), (_, _, e2) in zip(seen, seen[1:]))
+    assert find_checkpoint(tmp_path / "run").name == "step-00000013"
+
+
 def test_image_run_resumes_and_writes_a_grid(tmp_path):
     data = load_data("digits", n=64)
     cfg = config_from_dict({"model": {"params": {"model_channels": 16}}, "sample": {"steps": 2},

@@ -264,16 +264,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     _check_output("--out", out)
     model = _load_run(args.run, args.device)
-    steps = args.steps
-    if args.nfe is not None:
-        from .sampling import nfe, steps_for_nfe
-
-        if steps is not None:
-            raise DifflabError("--steps and --nfe: give one or the other")
-        sampler = args.sampler or model.cfg.sample.sampler
-        steps = steps_for_nfe(sampler, args.nfe)
-        print(f"{sampler}: {steps} steps = {nfe(sampler, steps)} denoiser calls per sample"
-              + (" (x2 with guidance)" if model.num_classes else ""))
+    steps = _steps_from(args, args.sampler or model.cfg.sample.sampler, guided=bool(model.num_classes))
     allowed = (".npz",) if model.kind == "image" else (".csv", ".npz")
     if out.suffix.lower() not in allowed:
         raise DifflabError(f"--out {out}: {model.kind} samples are written as {' or '.join(allowed)}")
@@ -289,6 +280,50 @@ def cmd_sample(args) -> int:
     )
     for path in write_samples(model, samples, out):
         print(f"wrote {path}")
+    return 0
+
+
+def _steps_from(args, sampler: str, guided: bool = False) -> int | None:
+    """--steps, or the most steps whose denoiser calls fit in --nfe (printed), or None for the run's default."""
+    if args.nfe is None:
+        return args.steps
+    from .sampling import nfe, steps_for_nfe
+
+    if args.steps is not None:
+        raise DifflabError("--steps and --nfe: give one or the other")
+    steps = steps_for_nfe(sampler, args.nfe)
+    print(f"{sampler}: {steps} steps = {nfe(sampler, steps)} denoiser calls per sample"
+          + (" (x2 with guidance)" if guided else ""))
+    return steps
+
+
+def cmd_tune(args) -> int:
+    if args.n < 2:
+        raise DifflabError(f"--n: must be >= 2 (half of the samples are held out), got {args.n}")
+    from .sampling import SAMPLERS
+
+    model = _load_run(args.run, args.device)
+    sampler = args.sampler or model.cfg.sample.sampler
+
+    def fixed_grid(name: str) -> bool:
+        meta = SAMPLERS.meta(name)
+        return not (meta.get("stochastic") or meta.get("adaptive"))
+
+    if not fixed_grid(sampler):
+        fixed = [k for k in SAMPLERS.names() if fixed_grid(k)]
+        raise DifflabError(f"--sampler {sampler}: only deterministic fixed-grid samplers can be tuned ({', '.join(fixed)})")
+    steps = _steps_from(args, sampler) or model.cfg.sample.steps
+    result = model.tune_schedule(sampler, steps, n=args.n, seed=args.seed, max_evals=args.max_evals,
+                                 progress=not args.quiet)
+    kept = result.info["kept"]
+    print(f"{sampler}, {steps} steps ({result.nfe} calls): ODE error on {result.n - result.info['n_calibration']} "
+          f"held-out samples {result.error:.4g} with the tuned grid vs {result.baseline_error:.4g} with "
+          f"{result.baseline} ({result.error / result.baseline_error:.2f}x)"
+          + ("" if kept == "tuned" else f"; the tuned grid did not generalise, kept {kept}"))
+    print("grid: " + " ".join(f"{v:.4g}" for v in result.sigmas))
+    print(f"tuning cost: {result.calls} denoiser calls on batches of <= {result.info['n_calibration']}")
+    print(f"wrote {model.schedules_file}; use it with: difflab sample {args.run} --sampler {sampler} "
+          f"--steps {steps} --schedule tuned")
     return 0
 
 
@@ -436,7 +471,8 @@ examples:
     s.add_argument("--steps", type=_positive_int("--steps", MAX_SAMPLER_STEPS), default=None, help="sampler steps (default: the run's; 18 for images, 64 for tables)")
     s.add_argument("--nfe", type=_positive_int("--nfe", 4 * MAX_SAMPLER_STEPS), default=None,
                    help="budget of denoiser calls per sample; picks the most steps that fit (instead of --steps)")
-    s.add_argument("--schedule", choices=SCHEDULES.names(), default=None, help="sigma grid (default: karras)")
+    s.add_argument("--schedule", choices=[*SCHEDULES.names(), "tuned"], default=None,
+                   help="sigma grid (default: karras); 'tuned' = the run's grid from 'difflab tune'")
     s.add_argument("--sigma-last", type=_float_in("--sigma-last", 0.0, strict=True), dest="sigma_last", default=None,
                    help="smallest nonzero grid level, in model units (default: the run's, else sigma_min); "
                    "0.05-0.1 helps at few steps")
@@ -449,6 +485,33 @@ examples:
     s.add_argument("--device", type=_device("--device"), default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+    tu = sub.add_parser(
+        "tune", help="fit a sigma grid to a trained run for few-step sampling", formatter_class=_Formatter,
+        description="Fit the noise levels of a deterministic sampler's grid to this model, so that with few\n"
+        "denoiser calls its samples land closer to the exact probability-flow ODE endpoint (LD3-style:\n"
+        "Nelder-Mead on the endpoint error against an adaptive rk45 solve; half of --n is held out, and\n"
+        "the tuned grid is kept only if it also wins there). Stored in RUN/schedules.json.",
+        epilog=_fmt("""
+examples:
+  difflab tune runs/digits --sampler dpmpp_2m --nfe 5
+  difflab sample runs/digits --n 64 --out samples.npz --sampler dpmpp_2m --nfe 5 --schedule tuned
+"""),
+    )
+    tu.add_argument("run", help="run folder written by 'difflab train'")
+    tu.add_argument("--sampler", choices=SAMPLERS.names(), default=None, help="default: the run's (heun)")
+    tu.add_argument("--steps", type=_positive_int("--steps", MAX_SAMPLER_STEPS), default=None,
+                    help="sampler steps (default: the run's)")
+    tu.add_argument("--nfe", type=_positive_int("--nfe", 4 * MAX_SAMPLER_STEPS), default=None,
+                    help="budget of denoiser calls per sample (instead of --steps)")
+    tu.add_argument("--n", type=_positive_int("--n", 1 << 16), default=64,
+                    help="noise samples (half calibrate, half are held out)")
+    tu.add_argument("--max-evals", type=_positive_int("--max-evals"), dest="max_evals", default=None,
+                    help="sampler runs the search may spend (default: 60 per free grid level)")
+    tu.add_argument("--seed", type=SEED, default=1, help="seed of the tuning noise")
+    tu.add_argument("--device", type=_device("--device"), default="cpu")
+    tu.add_argument("--quiet", action="store_true")
+    tu.set_defaults(func=cmd_tune)
 
     lk = sub.add_parser(
         "likelihood", help="negative log-likelihood of data under a trained run", formatter_class=_Formatter,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from .backbones import build_backbone
 from .checkpoint import find_checkpoint, load_tensors, verify_checkpoint
 from .config import ExperimentCfg, config_from_dict, resolve_auto
 from .data import Normalizer
-from .denoiser import Denoiser
+from .denoiser import CFGDenoiser, Denoiser
 from .errors import CheckpointError, ConfigError
 from .generate import generate
 from .process import NoiseProcess, process_from_dict
@@ -81,7 +82,10 @@ class DiffusionModel:
         kind: "image" or "tabular"; shape: one sample's shape in model space ((C, H, W) or (D,)).
     """
 
-    def __init__(self, denoiser: Denoiser, cfg: ExperimentCfg, data_info: dict, device="cpu"):
+    def __init__(self, denoiser: Denoiser, cfg: ExperimentCfg, data_info: dict, device="cpu",
+                 run_dir: str | Path | None = None, checkpoint: str | None = None):
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint = checkpoint  # the checkpoint folder's name, when loaded from a run
         self.denoiser = denoiser.eval().requires_grad_(False).to(device)
         self.cfg = resolve_auto(cfg, data_info["kind"])
         self.data_info = data_info
@@ -108,20 +112,108 @@ class DiffusionModel:
         """Model space -> data units."""
         return self.normalizer.inverse(torch.as_tensor(z, dtype=torch.float32))
 
-    def sigmas(self, steps: int | None = None, schedule: str | None = None, sigma_last: float | None = None) -> Tensor:
+    def sigmas(
+        self,
+        steps: int | None = None,
+        schedule: str | None = None,
+        sigma_last: float | None = None,
+        sampler: str | None = None,
+        options: dict | None = None,
+    ) -> Tensor:
         """The sampling grid (descending, ending in 0): ``steps`` intervals of ``schedule`` from sigma_max down to
-        ``sigma_last`` (default: the run's ``sample.sigma_last``, else the process's sigma_min), then 0."""
+        ``sigma_last`` (default: the run's ``sample.sigma_last``, else the process's sigma_min), then 0.
+
+        ``schedule="tuned"`` reads the grid that ``tune_schedule`` (``difflab tune``) fitted for ``sampler``
+        (with ``options``) and ``steps`` from the run's ``schedules.json``.
+        """
+        schedule = schedule or self.cfg.sample.schedule
+        steps = steps or self.cfg.sample.steps
+        if schedule == "tuned":
+            if sigma_last is not None:
+                raise ValueError("sigma_last: a tuned grid already places its last level; leave sigma_last unset")
+            return self._tuned_sigmas(sampler or self.cfg.sample.sampler, steps, options)
         last = sigma_last if sigma_last is not None else self.cfg.sample.sigma_last
         last = self.sigma_min if last is None else float(last)
         if not self.sigma_min <= last < self.sigma_max:
             raise ValueError(f"sigma_last: must be in [{self.sigma_min:g}, {self.sigma_max:g}), got {last:g}")
-        return sampling.get_sigmas(
-            schedule or self.cfg.sample.schedule,
-            steps or self.cfg.sample.steps,
-            sigma_min=last,
-            sigma_max=self.sigma_max,
-            process=self.process,
+        return sampling.get_sigmas(schedule, steps, sigma_min=last, sigma_max=self.sigma_max, process=self.process)
+
+    @property
+    def schedules_file(self) -> Path | None:
+        """Where tuned grids of this run are stored (``RUN/schedules.json``); None for a model not loaded from a run."""
+        return None if self.run_dir is None else self.run_dir / "schedules.json"
+
+    def _tuned_sigmas(self, sampler: str, steps: int, options: dict | None) -> Tensor:
+        from .sampling import tuned
+
+        path = self.schedules_file
+        if path is None:
+            raise ValueError("schedule: 'tuned' needs a model loaded from a run folder (difflab.load)")
+        found = tuned.find_schedule(path, sampler, steps, options)
+        if found is None:
+            have = ", ".join(tuned.available(path)) or "none"
+            raise ValueError(f"schedule: no tuned grid for {tuned.schedule_key(sampler, steps, options)} in {path} "
+                             f"(have: {have}); make one with: difflab tune {self.run_dir} --sampler {sampler} "
+                             f"--steps {steps}")
+        schedule, record = found
+        if record.get("checkpoint") and self.checkpoint and record["checkpoint"] != self.checkpoint:
+            warnings.warn(f"{path}: the {sampler} grid was tuned on {record['checkpoint']}, this model is "
+                          f"{self.checkpoint}; rerun difflab tune", stacklevel=3)
+        return schedule.grid()
+
+    def tune_schedule(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        *,
+        n: int = 64,
+        seed: int = 1,
+        rtol: float = 1e-5,
+        max_evals: int | None = None,
+        guidance: float | None = None,
+        save: bool = True,
+        progress: bool = False,
+        **options,
+    ):
+        """Fit a ``steps``-interval grid for the deterministic ``sampler`` to this model's ODE endpoints.
+
+        See :func:`difflab.sampling.tuned.tune_sigmas` (``n`` noise samples drawn from ``seed``, half of them
+        held out). With ``save`` the grid is stored in the run's ``schedules.json``, and
+        ``sample(..., schedule="tuned")`` then uses it. Class-conditional models are tuned with every class in
+        turn and the run's guidance weight (or ``guidance``). Returns a ``TunedSchedule``.
+        """
+        from tqdm.auto import tqdm
+
+        from .sampling import tuned
+
+        sampler = sampler or self.cfg.sample.sampler
+        steps = steps or self.cfg.sample.steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n: must be an integer >= 2, got {n!r}")
+        if save and self.schedules_file is None:
+            raise ValueError("save: this model was not loaded from a run folder; use save=False")
+        guidance = self.cfg.sample.guidance if guidance is None else float(guidance)
+        denoiser, cond = self.denoiser, None
+        if self.num_classes:
+            cond = {"class_labels": (torch.arange(n) % self.num_classes).to(self.device)}
+            if guidance != 1.0:
+                denoiser = CFGDenoiser(self.denoiser, self.num_classes, guidance)
+        noise = torch.randn(n, *self.shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        bar = tqdm(desc=f"tuning {sampler} ({steps} steps)", unit="eval", disable=not progress, leave=False)
+
+        def tick(evals, best):
+            bar.update(1)
+            bar.set_postfix(error=f"{best:.3g}")
+
+        result = tuned.tune_sigmas(
+            denoiser, noise, sampler=sampler, steps=steps, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+            options=options, cond=cond, rtol=rtol, max_evals=max_evals, progress=tick,
         )
+        bar.close()
+        result.info.update(seed=int(seed), guidance=guidance if self.num_classes else None)
+        if save:
+            tuned.write_schedule(self.schedules_file, result, checkpoint=self.checkpoint)
+        return result
 
     def sample(
         self,
@@ -158,7 +250,7 @@ class DiffusionModel:
             self.denoiser,
             self.shape,
             n,
-            sigmas=self.sigmas(steps, schedule, sigma_last).to(self.device),
+            sigmas=self.sigmas(steps, schedule, sigma_last, sampler, options).to(self.device),
             sampler=sampler or self.cfg.sample.sampler,
             seed=seed,
             class_labels=class_labels,
@@ -219,4 +311,4 @@ def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool
     missing, unexpected = denoiser.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt}: weights do not match the config (missing {missing[:3]})")
-    return DiffusionModel(denoiser, cfg, data_info, device=device)
+    return DiffusionModel(denoiser, cfg, data_info, device=device, run_dir=run_dir, checkpoint=Path(ckpt).name)

@@ -14,6 +14,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,23 @@ class TrainResult:
     run_dir: Path
     step: int
     last_loss: float
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a ``train(..., callback=fn)`` callback receives after every completed step.
+
+    ``elapsed_s`` is training wall time in this call (what ``train.max_minutes`` compares against);
+    ``ema`` is the EMA denoiser (the weights sampling uses), ``model`` the raw one. Return True to stop the
+    run now, with a checkpoint, as the time limit does.
+    """
+
+    step: int
+    loss: float
+    lr: float
+    elapsed_s: float
+    ema: torch.nn.Module
+    model: torch.nn.Module
 
 
 def accumulate_gradients(
@@ -346,14 +364,16 @@ def train(
     data_spec: str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    callback: Callable[[TrainProgress], bool | None] | None = None,
 ) -> TrainResult:
     """Train a denoiser on ``data`` and write checkpoints into ``run_dir``.
 
     ``resume=True`` continues from the newest good checkpoint in ``run_dir`` with the config saved there;
     only ``train.steps`` and ``train.max_minutes`` are taken from ``cfg`` (a run killed before its first
     checkpoint starts again from step 0). ``stop_after`` stops after that many steps in this call without a
-    final checkpoint (it simulates an interrupted run in tests). Under torchrun, every rank calls this; rank 0
-    alone writes files.
+    final checkpoint (it simulates an interrupted run in tests). ``callback(TrainProgress)`` runs after every
+    step on every rank; when it returns True on any rank, the run stops with a checkpoint. Under torchrun,
+    every rank calls this; rank 0 alone writes files.
     """
     run_dir = Path(run_dir)
     cfg, data_info, ckpt = _prepare(cfg, data, run_dir, resume, data_spec)
@@ -370,13 +390,14 @@ def train(
         run = _build_run(cfg, data_info, data, device, ctx)
         if ckpt is not None:
             run.restore(ckpt)
-        result, finished = _loop(run, run_dir, progress and ctx.is_main, stop_after)
+        result, finished = _loop(run, run_dir, progress and ctx.is_main, stop_after, callback)
         if finished and ctx.is_main and tc.sample_grid > 0 and (data_info["kind"] == "image" or data_info["shape"] == [2]):
             write_sample_grid(run_dir, tc.sample_grid, seed=tc.seed, reference=data.x)
     return result
 
 
-def _loop(run: _Run, run_dir: Path, progress: bool, stop_after: int | None) -> tuple[TrainResult, bool]:
+def _loop(run: _Run, run_dir: Path, progress: bool, stop_after: int | None,
+          callback: Callable[[TrainProgress], bool | None] | None = None) -> tuple[TrainResult, bool]:
     """Steps until ``train.steps``, the time limit or ``stop_after``; checkpoints, metrics, progress bar.
 
     Returns the result and whether the run ended normally (False after ``stop_after``).
@@ -405,11 +426,15 @@ def _loop(run: _Run, run_dir: Path, progress: bool, stop_after: int | None) -> t
                 metrics.write(run.step, loss, lr, grad_norm, done_here * tc.batch_size / elapsed, elapsed)
             if stop_after is not None and done_here >= stop_after:
                 return TrainResult(run_dir, run.step, last_loss), False
-            out_of_time = ctx.any(tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
+            asked = bool(callback(TrainProgress(run.step, loss, run.opt.param_groups[0]["lr"], elapsed, run.ema,
+                                                run.model))) if callback is not None else False
+            timed_out = tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes
+            out_of_time = ctx.any(timed_out or asked)
             if run.step % tc.checkpoint_every == 0 or run.step == tc.steps or out_of_time:
                 run.save(run_dir)
             if out_of_time:
-                bar.write(f"stopping at step {run.step}: train.max_minutes={tc.max_minutes} reached")
+                why = f"train.max_minutes={tc.max_minutes} reached" if timed_out else "the callback asked to stop"
+                bar.write(f"stopping at step {run.step}: {why}")
                 break
     return TrainResult(run_dir, run.step, last_loss), True
 
