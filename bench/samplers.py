@@ -766,16 +766,17 @@ NOTES = """\
   same algorithm in two libraries gives the same number to 3 digits (difflab euler/heun/dpmpp_2m/dpmpp_2s vs
   k-diffusion's, dpmpp_2m vs diffusers' EDMDPMSolver2-midpoint, unipc-2bh2 vs diffusers' UniPC2-bh2), which
   checks the harness and the conversions.
-- difflab* (purple in docs/sampler_error.png) is difflab with its `sample.sigma_last` option (`--sigma-last`,
-  not the default): dpmpp_2m / unipc-2bh2 / dpmpp_3m on log_snr or karras grids whose last nonzero level is
-  raised from sigma_min = 0.002 to 0.02, 0.05 or 0.1 (the final step to 0 is x = D(x, sigma_last)), best of the
-  three levels on the same noise. The peers run with their usual sigma_min; a k-diffusion user could raise
-  sigma_min too, so difflab* measures an option's effect, not a better solver.
-- Where difflab loses at NFE <= 8, the winners are variants difflab does not have: k-diffusion's
+- "difflab best" includes difflab's tuned grids ([tuned], `difflab tune`): per sampler and NFE, fitted to the
+  model on calibration noise from a seed the evaluation does not use (see the note under each table for the
+  one-time cost); "difflab best, hand-made grids" leaves them out. The hand-made-only targets are printed too.
+- difflab* (purple in docs/sampler_error.png, only with `--sigma-last`) is difflab with its `sample.sigma_last`
+  option: dpmpp_2m / unipc-2bh2 / dpmpp_3m on log_snr or karras grids whose last nonzero level is raised from
+  sigma_min = 0.002 (the final step to 0 is x = D(x, sigma_last)), best of the levels on the same noise.
+- Where difflab's hand-made grids lose at NFE <= 8, the winners are variants difflab does not have: k-diffusion's
   dpmpp_3m_sde(eta=0), whose second-difference term is half the Taylor-consistent one (a damped 3M: better on
   huge steps, asymptotically second order; see the exact-denoiser table below), diffusers' EDMDPMSolver2 with
   solver_type="heun", k-diffusion's lms, and k-diffusion's polyexponential(rho=2) grid. With sigma_min = 0.002
-  every grid also spends its last call at a level where D(x, sigma) is almost x.
+  every hand-made grid also spends its last call at a level where D(x, sigma) is almost x; tuned grids do not.
 - NFE 50 is not in the default run (it costs as much as the others together on a 2-core CPU); `--nfe 50`.
 """
 

@@ -281,6 +281,21 @@ def test_channels_last_gives_the_same_training_as_contiguous(tmp_path):
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def test_channels_last_auto_rules():
+    from types import SimpleNamespace
+
+    from difflab.training import use_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto, on, off = (SimpleNamespace(channels_last=m, precision="fp32") for m in ("auto", "on", "off"))
+    auto_bf16 = SimpleNamespace(channels_last="auto", precision="bf16")
+    assert use_channels_last(auto, cpu, "image", "unet") and use_channels_last(auto, cuda, "image", "dit")
+    assert not use_channels_last(auto_bf16, cpu, "image", "unet") and use_channels_last(auto_bf16, cuda, "image", "unet")
+    assert not use_channels_last(auto, cpu, "image", "dit")  # not measured on the CPU: left off
+    assert not use_channels_last(auto, cpu, "tabular", "mlp") and not use_channels_last(on, cpu, "tabular", "mlp")
+    assert use_channels_last(on, cpu, "image", "dit") and not use_channels_last(off, cuda, "image", "unet")
+
+
 def test_batch_source_indexes_and_converts_layout():
     from difflab.training import BatchSource
 

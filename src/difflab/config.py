@@ -60,7 +60,7 @@ class TrainCfg:
     grad_accum: int = 1  # split each batch into this many micro-batches (same result, less memory)
     precision: str = "fp32"  # fp32; bf16 (autocast, CPU and CUDA); fp16 (autocast + gradient scaler, CUDA only)
     compile: bool = False  # torch.compile the backbone for training (first steps are slow while it compiles)
-    channels_last: str = "auto"  # image backbones in channels-last memory format: auto (on CUDA only), on, off
+    channels_last: str = "auto"  # channels-last memory format: auto (CUDA; fp32 UNet on CPU), on, off
     lr: float = 2e-3  # AdamW peak learning rate
     lr_schedule: str = "cosine"  # constant or cosine (decay to lr_min_ratio * lr after warm-up)
     lr_min_ratio: float = 0.05

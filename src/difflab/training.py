@@ -34,7 +34,7 @@ from .config import ExperimentCfg, resolve_auto, write_json_atomic
 from .data import Dataset, Normalizer
 from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
-from .model import build_denoiser, load, process_of, read_run_config
+from .model import auto_backbone, build_denoiser, load, process_of, read_run_config
 from .runlock import RunLock
 
 
@@ -203,13 +203,15 @@ def _precision(tc, device: torch.device):
     return autocast, scaler
 
 
-def use_channels_last(tc, device: torch.device, kind: str) -> bool:
-    """``train.channels_last``: "on", "off", or "auto" = on for image backbones on CUDA (where cuDNN's NHWC
-    convolution kernels are faster with mixed precision); "auto" leaves it off on the CPU, where it has not been
-    measured to help (set "on" to try it)."""
+def use_channels_last(tc, device: torch.device, kind: str, backbone: str = "unet") -> bool:
+    """``train.channels_last``: "on", "off", or "auto" = on for image backbones on CUDA (cuDNN's NHWC kernels)
+    and for the fp32 UNet on the CPU, where oneDNN's NHWC convolutions made a whole training step 1.1-1.2x
+    faster; with bf16 on the CPU it was slower, so auto leaves it off there (bench/throughput.py,
+    docs/benchmarks.md). The memory format does not change the values (tested)."""
     if kind != "image" or tc.channels_last == "off":
         return False
-    return tc.channels_last == "on" or device.type == "cuda"
+    cpu_fp32_unet = device.type == "cpu" and backbone == "unet" and tc.precision == "fp32"
+    return tc.channels_last == "on" or device.type == "cuda" or cpu_fp32_unet
 
 
 class BatchSource:
@@ -337,7 +339,7 @@ class _Run:
 def _build_run(cfg: ExperimentCfg, data_info: dict, data: Dataset, device: torch.device, ctx) -> _Run:
     tc = cfg.train
     autocast, scaler = _precision(tc, device)
-    channels_last = use_channels_last(tc, device, data_info["kind"])
+    channels_last = use_channels_last(tc, device, data_info["kind"], auto_backbone(cfg, data_info)[0])
     torch.manual_seed(tc.seed)
     model = build_denoiser(cfg, data_info).to(device)
     if channels_last:
