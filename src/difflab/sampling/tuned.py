@@ -15,9 +15,10 @@ sampler can be tuned without backpropagating through it) and it uses the hard en
 calibration batch, with a second, held-out batch deciding whether the tuned grid is kept.
 
 Parametrisation: for ``steps`` = n the grid is [sigma_max, s_1, ..., s_{n-1}, 0] with
-log s_k = log sigma_max - sum_{j<k} g_j and gaps g = (log sigma_max - log sigma_min) * softmax(z),
-z in R^n. Every z gives a valid, strictly decreasing grid inside [sigma_min, sigma_max]; the last gap
-is the distance from s_{n-1} down to sigma_min, so the search can also raise the last level.
+log s_k = log sigma_max - sum_{j<k} g_j and gaps g = (log sigma_max - log sigma_min) * (eps + softmax(z)) /
+(1 + n eps), eps = 1e-6, z in R^n. Every z gives a valid, strictly decreasing grid inside
+[sigma_min, sigma_max]; the last gap is the distance from s_{n-1} down to sigma_min, so the search can also
+raise the last level.
 
 Costs: one ``rk45`` solve per batch for the teacher, then ``nfe`` calls per objective evaluation.
 """
