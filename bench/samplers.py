@@ -193,7 +193,9 @@ def tuned_candidates(n_tune: int, seed: int) -> list[Candidate]:
     for name, kw in TUNED_SAMPLERS:
         fam = name if not kw else f"{name}-{kw['order']}{kw['variant']}"
 
-        def run(D, x, nfe, ctx, name=name, kw=kw, info=None):
+        info: dict = {}
+
+        def run(D, x, nfe, ctx, name=name, kw=kw, info=info):
             steps = sampling.steps_for_nfe(name, nfe)
             noise = torch.randn(n_tune, *x.shape[1:], generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
             t = time.perf_counter()
@@ -204,9 +206,7 @@ def tuned_candidates(n_tune: int, seed: int) -> list[Candidate]:
                          "sigmas": [round(v, 5) for v in res.sigmas]}
             return sampling.get_sampler(name)(D, x, res.grid(), **kw)
 
-        c = Candidate("difflab", fam, "tuned", run)
-        c.run = lambda D, x, n, ctx, run=run, c=c: run(D, x, n, ctx, info=c.info)
-        out.append(c)
+        out.append(Candidate("difflab", fam, "tuned", run, info))
     return out
 
 

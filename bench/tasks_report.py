@@ -22,11 +22,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _by_method(rows: list[dict], column: str) -> tuple[list, list[str], dict]:
+    """The values of ``column`` and the methods, each in order of first appearance, and the rows keyed by
+    (method, value)."""
+    values = list(dict.fromkeys(x[column] for x in rows))
+    methods = list(dict.fromkeys(x["method"] for x in rows))
+    return values, methods, {(x["method"], x[column]): x for x in rows}
+
+
 def denoise_md(r: dict) -> list[str]:
     rows = r["rows"]
-    sig = sorted({x["sigma"] for x in rows})
-    methods = list(dict.fromkeys(x["method"] for x in rows))
-    get = {(x["method"], x["sigma"]): x for x in rows}
+    sig, methods, get = _by_method(rows, "sigma")
+    sig = sorted(sig)
     head = f"`{r['command']}` ({r['finished']}, {r['part_seconds']} s). {_model_line(r.get('model'))}"
     note = ("PSNR (dB, [0, 1] range, mean over images) and ms per image. Methods marked * ran on the first "
             f"{r['n_sub']} images only; the second table compares every method on those.")
@@ -60,9 +67,7 @@ def denoise_md(r: dict) -> list[str]:
 
 def inpaint_md(r: dict) -> list[str]:
     rows = r["rows"]
-    masks = list(dict.fromkeys(x["mask"] for x in rows))
-    methods = list(dict.fromkeys(x["method"] for x in rows))
-    get = {(x["method"], x["mask"]): x for x in rows}
+    masks, methods, get = _by_method(rows, "mask")
     out = [f"## Inpainting ({r['dataset']}, {r['n']} held-out digits)", "",
            f"`{r['command']}` ({r['finished']}, {r['part_seconds']} s). {_model_line(r.get('model'))}", "",
            (f"PSNR (dB) on the filled pixels only / accuracy of the independent CNN classifier on the inpainted "
@@ -95,9 +100,7 @@ def inpaint_md(r: dict) -> list[str]:
 
 def oneclass_md(r: dict) -> list[str]:
     rows = r["rows"]
-    digits = list(dict.fromkeys(x["digit"] for x in rows))
-    methods = list(dict.fromkeys(x["method"] for x in rows))
-    get = {(x["method"], x["digit"]): x for x in rows}
+    digits, methods, get = _by_method(rows, "digit")
     runs = r["runs"]
     out = [f"## One-class MNIST ({r['dataset']}, {r['n_test']} held-out digits scored, normal = the class)", "",
            f"`{r['command']}` ({r['finished']}, {r['part_seconds']} s). One difflab run per digit: "

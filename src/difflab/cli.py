@@ -300,22 +300,16 @@ def _steps_from(args, sampler: str, guided: bool = False) -> int | None:
 def cmd_tune(args) -> int:
     if args.n < 2:
         raise DifflabError(f"--n: must be >= 2 (half of the samples are held out), got {args.n}")
-    from .sampling import SAMPLERS
+    from .sampling.tuned import tunable_samplers
 
     model = _load_run(args.run, args.device)
     sampler = args.sampler or model.cfg.sample.sampler
-
-    def fixed_grid(name: str) -> bool:
-        meta = SAMPLERS.meta(name)
-        return not (meta.get("stochastic") or meta.get("adaptive"))
-
-    if not fixed_grid(sampler):
-        fixed = [k for k in SAMPLERS.names() if fixed_grid(k)]
-        raise DifflabError(f"--sampler {sampler}: only deterministic fixed-grid samplers can be tuned ({', '.join(fixed)})")
-    steps = _steps_from(args, sampler) or model.cfg.sample.steps
-    result = model.tune_schedule(sampler, steps, n=args.n, seed=args.seed, max_evals=args.max_evals,
-                                 progress=not args.quiet)
-    kept = result.info["kept"]
+    if sampler not in tunable_samplers():
+        raise DifflabError(f"--sampler {sampler}: only deterministic fixed-grid samplers can be tuned "
+                           f"({', '.join(tunable_samplers())})")
+    result = model.tune_schedule(sampler, _steps_from(args, sampler), n=args.n, seed=args.seed,
+                                 max_evals=args.max_evals, progress=not args.quiet)
+    steps, kept = result.steps, result.info["kept"]
     print(f"{sampler}, {steps} steps ({result.nfe} calls): ODE error on {result.n - result.info['n_calibration']} "
           f"held-out samples {result.error:.4g} with the tuned grid vs {result.baseline_error:.4g} with "
           f"{result.baseline} ({result.error / result.baseline_error:.2f}x)"

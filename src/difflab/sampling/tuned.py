@@ -96,6 +96,12 @@ class TunedSchedule:
 _MIN_SHARE = 1e-6
 
 
+def tunable_samplers() -> list[str]:
+    """The registered samplers whose grid can be tuned: deterministic, with a fixed grid (not adaptive)."""
+    return [k for k in SAMPLERS.names()
+            if not (SAMPLERS.meta(k).get("stochastic") or SAMPLERS.meta(k).get("adaptive"))]
+
+
 def grid_from_params(z: np.ndarray, sigma_min: float, sigma_max: float) -> Tensor:
     """The grid [sigma_max, s_1, ..., s_{n-1}, 0] for parameters z in R^n (see the module docstring).
 
@@ -165,7 +171,7 @@ def tune_sigmas(
     from scipy.optimize import minimize
 
     meta = SAMPLERS.meta(sampler)
-    if meta.get("stochastic") or meta.get("adaptive"):
+    if sampler not in tunable_samplers():
         raise ConfigError(f"sampler: {sampler} is not a fixed-grid deterministic sampler; nothing to tune")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps: must be an integer >= 1, got {steps!r}")
