@@ -10,14 +10,15 @@ but the last 1000; 7000 for MNIST) and a held-out test part; nothing is ever eva
 
 * One unconditional difflab model is trained on the training split with ``difflab train`` defaults except
   a wall-clock budget (``--minutes``), or reused from ``bench/out/mnist`` (``bench/out/tasks_quick/model``
-  with ``--quick``) if that run exists.
+  with ``--quick``) if that run exists, or taken from ``--model-run`` (a run trained on the same split).
 * denoise: Gaussian noise of std 0.1 / 0.2 / 0.4 of the [0, 1] range, the noisy input not clipped. difflab
   ``denoise`` with method "tweedie" (known sigma and sigma="auto") and "posterior" (samples=8) against BM3D
   (Dabov et al. 2007; ``bm3d.bm3d(noisy, sigma_psd=sigma)``) and non-local means (Buades et al. 2005;
   scikit-image, fast mode; h, patch size and search distance picked per sigma on training-split images).
   PSNR on [0, 1] (mean over images) and wall time.
 * inpaint: centre square (half the side), right half, and 80% of the pixels missing at random (a fresh
-  mask per image). difflab RePaint (Lugmayr et al. 2022) and DDNM (Wang et al. 2023) against biharmonic
+  mask per image). difflab RePaint (Lugmayr et al. 2022) and DDNM (Wang et al. 2023), one fill each and the
+  mean of ``--inpaint-samples`` fills (``inpaint(..., samples=K)``, the posterior-mean estimate), against biharmonic
   inpainting (Damelin & Hoang 2018, scikit-image) and Telea's fast marching (Telea 2004, OpenCV, radius 3).
   PSNR on the filled pixels, and the accuracy of an independent CNN classifier (trained here on the
   training split, not a diffusion model) on the inpainted images against the true labels.
@@ -176,6 +177,8 @@ class Context:
 
     @property
     def run_dir(self) -> Path:
+        if self.args.model_run:
+            return Path(self.args.model_run)
         return self.out / "model" if self.quick else ROOT / "bench/out/mnist"
 
     def model(self):
@@ -372,6 +375,12 @@ def part_inpaint(ctx: Context) -> dict:
             f"difflab RePaint ({a.repaint_steps} steps, j={a.repaint_j}, r={a.repaint_r}: {rp_nfe} NFE)": (
                 n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None],
                                                      method="repaint", seed=0, **rp))),
+            f"difflab DDNM mean of {a.inpaint_samples} ({a.inpaint_samples * a.ddnm_steps} NFE)": (
+                n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None], method="ddnm",
+                                                     steps=a.ddnm_steps, seed=0, samples=a.inpaint_samples))),
+            f"difflab RePaint mean of {a.inpaint_samples} ({a.inpaint_samples * rp_nfe} NFE)": (
+                n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None],
+                                                     method="repaint", seed=0, samples=a.inpaint_samples, **rp))),
             "biharmonic (scikit-image)": (n, lambda: biharmonic(known, m)),
             "Telea (OpenCV, radius 3)": (n, lambda: telea(known, m)),
             "masked input (zeros)": (n, lambda: known),
@@ -410,6 +419,11 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: sklearn digits, tiny runs, few images")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--minutes", type=float, default=12.0, help="training budget of the MNIST model")
+    p.add_argument("--model-run", default=None,
+                   help="use this trained run (trained on the same 7000-digit split, e.g. bench/time_to_quality.py's "
+                   "bench/out/time_to_quality/difflab/run) instead of training bench/out/mnist")
+    p.add_argument("--inpaint-samples", type=int, default=8,
+                   help="fills averaged by the 'mean of K' rows of DDNM and RePaint (the posterior-mean estimate)")
     p.add_argument("--train-args", type=shlex.split, default=[],
                    help='extra `difflab train` arguments for the MNIST model, one string: --train-args="--batch-size 32"')
     p.add_argument("--threads", type=int, default=1,
@@ -427,6 +441,7 @@ def main(argv=None) -> None:
     p.add_argument("--random-frac", type=float, default=0.8, help="fraction of pixels missing (random mask)")
     p.add_argument("--oc-digits", type=int, nargs="+", default=[0, 1, 7])
     p.add_argument("--oc-minutes", type=float, default=3.0)
+    p.add_argument("--oc-jobs", type=int, default=1, help="one-class models trained at the same time")
     p.add_argument("--oc-scores", nargs="+", default=["recon"], choices=["recon", "elbo", "nll"])
     p.add_argument("--oc-draws", type=int, default=4, help="recon noise draws per level (difflab's default 4)")
     p.add_argument("--oc-train-args", type=shlex.split, default=[],

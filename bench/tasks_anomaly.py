@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -56,16 +57,21 @@ def part_oneclass(ctx) -> dict:
     a = ctx.args
     te = ctx.test_idx
     x_test01 = ctx.x01[te]
-    rows, runs = [], {}
+    rows, runs, paths = [], {}, {}
+    extra = ["--steps", "30", "--preset", "tiny", "--batch-size", "32"] if ctx.quick else list(a.oc_train_args)
     for d in a.oc_digits:
-        tr = ctx.train_idx[ctx.labels[ctx.train_idx] == d]
         data = ctx.out / f"oc_{d}.npz"
         if not data.exists():
-            np.savez(data, x=ctx.images[tr])
-        run = ctx.out / f"oc_{d}" if ctx.quick else ctx.out.parent / f"oc_{d}"
-        extra = ["--steps", "30", "--preset", "tiny", "--batch-size", "32"] if ctx.quick else list(a.oc_train_args)
-        runs[d] = train_run(data, run, a.oc_minutes, extra, ctx.out / "train_oc.log", a.threads)
-        model = difflab.load(run)
+            np.savez(data, x=ctx.images[ctx.train_idx[ctx.labels[ctx.train_idx] == d]])
+        paths[d] = (data, ctx.out / f"oc_{d}" if ctx.quick else ctx.out.parent / f"oc_{d}")
+    # Every digit's model first, --oc-jobs at a time (each with --threads threads), then the scoring.
+    with ThreadPoolExecutor(max_workers=max(1, a.oc_jobs)) as pool:
+        done = {d: pool.submit(train_run, data, run, a.oc_minutes, extra, ctx.out / f"train_oc_{d}.log", a.threads)
+                for d, (data, run) in paths.items()}
+    runs = {d: f.result() for d, f in done.items()}
+    for d in a.oc_digits:
+        tr = ctx.train_idx[ctx.labels[ctx.train_idx] == d]
+        model = difflab.load(paths[d][1])
         lo, hi = (float(v) for v in model.normalizer.value_range)
 
         def to_data(x01, lo=lo, hi=hi):

@@ -14,7 +14,8 @@ def _model_line(info: dict | None) -> str:
         return ""
     return (f"Model `{info['run']}`: {info['backbone']}/{info['preset']} (auto = UNet small for 28x28), "
             f"batch {info['batch_size']}, {info['steps']} optimiser steps in {info['minutes']} min "
-            f"(budget {info['max_minutes']} min), checkpoint {info['checkpoint']}.")
+            + (f"(budget {info['max_minutes']} min), " if info["max_minutes"] else "(no time limit in its config), ")
+            + f"checkpoint {info['checkpoint']}.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -30,11 +30,11 @@ Decisions:
   each other (a file barrier) before the first step. Each measures its own training time from its first
   step; a snapshot of its EMA weights is written when that time first passes each of ``--at`` (minutes), and
   the time spent writing snapshots is excluded from the clock. Steps done are recorded at each snapshot.
-* difflab is trained through ``difflab.train`` with the default ``ExperimentCfg()``. To snapshot and to stop
-  on the budget, the child wraps ``difflab.training._Run.train_step`` (an internal): after each step it
-  checks the clock, saves the EMA weights as a loadable run folder (``config.json`` + a checkpoint holding
-  only ``ema``), and raises to stop once the budget is spent (the same as ``train.max_minutes``, but with the
-  snapshot time excluded). Everything else difflab does during training (metrics.csv with an fsync every
+* difflab is trained through ``difflab.train`` with the default ``ExperimentCfg()`` and its public
+  ``callback``: after each step the callback reads the training time (``TrainProgress.elapsed_s``, from
+  difflab's first step, minus the time the callback itself spent on snapshots), saves the EMA weights as a
+  loadable run folder (``config.json`` + a checkpoint holding only ``ema``) at each mark, and returns True to
+  stop once the budget is spent (the same as ``train.max_minutes``, but with the snapshot time excluded). Everything else difflab does during training (metrics.csv with an fsync every
   10 steps, its own checkpoints every 500 steps) stays on the clock. If the default 2000 steps finish before
   the budget, a final snapshot is taken there and the curve ends; later minutes in the table then show that
   final model (marked), because that is what difflab's defaults give you at that time.
@@ -198,10 +198,6 @@ class TrainLog:
 # --------------------------------------------------------------------------------------------------
 
 
-class _BudgetSpent(Exception):
-    pass
-
-
 def train_difflab(spec: dict) -> None:
     import difflab
     from difflab import training
@@ -214,52 +210,41 @@ def train_difflab(spec: dict) -> None:
     cfg = difflab.ExperimentCfg()  # the defaults, nothing overridden
     clock = Clock(spec["marks_s"], spec["budget_s"])
     log = TrainLog(lib_dir, "difflab", spec)
-    original = training._Run.train_step
 
-    def save(run, marks: list[float], tag: str) -> None:
+    def save(p: training.TrainProgress, marks: list[float], tag: str, elapsed: float) -> None:
         t = time.perf_counter()
-        elapsed = clock.elapsed()
         snap = lib_dir / f"snap-{tag}"
         if snap.exists():
             shutil.rmtree(snap)
         snap.mkdir()
         shutil.copy(run_dir / "config.json", snap / "config.json")
-        save_checkpoint(snap, run.step, {"ema": run.ema.state_dict()}, {"step": run.step}, keep=1)
+        save_checkpoint(snap, p.step, {"ema": p.ema.state_dict()}, {"step": p.step}, keep=1)
         save_s = time.perf_counter() - t
-        log.snapshot(marks, tag, elapsed, run.step, save_s, lr=run.opt.param_groups[0]["lr"],
-                     snapshot=str(snap.relative_to(out)))
+        log.snapshot(marks, tag, elapsed, p.step, save_s, lr=p.lr, snapshot=str(snap.relative_to(out)))
         clock.excluded += time.perf_counter() - t
 
-    def timed_step(run):
-        if clock.t0 is None:
-            barrier(out / "sync", "difflab")
-            clock.start()
-        result = original(run)
-        elapsed = clock.elapsed()
+    def on_step(p: training.TrainProgress) -> bool:
+        # p.elapsed_s runs from difflab's first step and includes this callback's own earlier calls.
+        elapsed = p.elapsed_s - clock.excluded
         marks = clock.due(elapsed)
-        finished = run.step >= run.cfg.train.steps
         if marks:
-            save(run, marks, snapshot_tag(marks[-1] / 60))
-        if finished and clock.marks:  # the default step count ran out before the budget: the curve ends here
+            save(p, marks, snapshot_tag(marks[-1] / 60), elapsed)
+        if p.step >= cfg.train.steps and clock.marks:  # the default step count ran out before the budget
             if not marks:
-                save(run, [], "end")
-            log.data["end"] = {"reason": f"train.steps={run.cfg.train.steps} done", "elapsed_s": round(elapsed, 3),
-                               "step": run.step, "tag": log.data["snapshots"][-1]["tag"],
+                save(p, [], "end", elapsed)
+            log.data["end"] = {"reason": f"train.steps={cfg.train.steps} done", "elapsed_s": round(elapsed, 3),
+                               "step": p.step, "tag": log.data["snapshots"][-1]["tag"],
                                "marks_not_reached_s": clock.marks}
             log.flush()
         if elapsed >= clock.budget_s:
-            log.data["end"] = {"reason": "budget", "elapsed_s": round(elapsed, 3), "step": run.step}
-            raise _BudgetSpent
-        return result
+            log.data["end"] = {"reason": "budget", "elapsed_s": round(elapsed, 3), "step": p.step}
+            return True  # difflab stops here and writes its checkpoint, outside the clock
+        return False
 
-    training._Run.train_step = timed_step
+    barrier(out / "sync", "difflab")  # difflab's set-up (data, model) runs after it, off its clock
     t = time.perf_counter()
-    try:
-        training.train(cfg, data, run_dir, data_spec=f"{IMAGES} (7000-digit training split)", progress=False)
-    except _BudgetSpent:
-        pass
-    finally:
-        training._Run.train_step = original
+    training.train(cfg, data, run_dir, data_spec=f"{IMAGES} (7000-digit training split)", progress=False,
+                   callback=on_step)
     resolved = read_json(run_dir / "config.json", {})
     log.data.update(done=True, wall_s=round(time.perf_counter() - t, 1), excluded_s=round(clock.excluded, 3),
                     config=resolved.get("config"), data=resolved.get("data"))

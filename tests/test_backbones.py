@@ -11,6 +11,7 @@ import torch
 from difflab.backbones import BACKBONES, backbone_presets, build_backbone
 from difflab.backbones.layers import NoiseEmbedding, num_groups
 from difflab.backbones.unet import _attention_levels
+from difflab.errors import ConfigError
 
 BIG_PARAMS = 10_000_000  # presets above this are shape-checked on the meta device only
 
@@ -217,6 +218,19 @@ def test_explicit_params_override_preset():
 def test_unknown_param_raises(name, required):
     with pytest.raises(ValueError, match="bogus_width"):
         build_backbone(name, preset=next(iter(backbone_presets(name))), bogus_width=3, **required)
+
+
+def test_small_unet_keeps_its_width_at_low_resolution():
+    """The 28x28 preset: ~1.15M parameters, 16 / 48 / 80 channels at 28 / 14 / 7 (bench/throughput.py)."""
+    net = build_backbone("unet", preset="small", in_channels=1)
+    assert 1_100_000 <= sum(p.numel() for p in net.parameters()) <= 1_200_000
+    assert net.input_layer.out_channels == 16
+
+
+@pytest.mark.parametrize("mult", ["1,2,3", [1, 0], [1, 2.5]])
+def test_unet_channel_mult_must_be_positive_integers(mult):
+    with pytest.raises(ConfigError, match="backbone 'unet': channel_mult must be a list of positive integers"):
+        build_backbone("unet", preset="small", in_channels=1, channel_mult=mult)
 
 
 def test_factory_errors():

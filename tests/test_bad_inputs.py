@@ -338,6 +338,8 @@ CASES = [
        "three.npy", INPAINT_OUT),
     _c("inpaint-zero-steps", [*INPAINT, "--image", "{bad}/digits4.npy", "--mask", "{bad}/mask8.npy", "--steps", "0"],
        "--steps", INPAINT_OUT),
+    _c("inpaint-zero-samples", [*INPAINT, "--image", "{bad}/digits4.npy", "--mask", "{bad}/mask8.npy",
+                                "--samples", "0"], "--samples", INPAINT_OUT),
     _c("inpaint-unknown-method", [*INPAINT, "--image", "{bad}/digits4.npy", "--mask", "{bad}/mask8.npy",
                                   "--method", "magic"], "--method", INPAINT_OUT),
     _c("inpaint-out-bad-suffix", [*INPAINT, "--image", "{bad}/digits4.npy", "--mask", "{bad}/mask8.npy",

@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+import difflab
 from difflab import train
 from difflab.cli import main
 from difflab.config import config_from_dict
 from difflab.data import load_data, write_csv
+from difflab.tasks.inpaint import inpaint
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,14 @@ def test_inpaint_npz_batch_and_mask_shape_error(runs, tmp_path, capsys):
         y = z["x"]
     assert y.shape == x.shape and (tmp_path / "o.png").exists()
     np.testing.assert_array_equal(y[..., :4], x[..., :4])
+    # --samples K: the mean of K fills, through the same API call (ddnm, 3 steps, 2 fills = 6 calls per image)
+    rc = main(["inpaint", str(runs / "digits"), "--image", str(tmp_path / "x.npy"), "--mask", str(tmp_path / "m.npy"),
+               "--out", str(tmp_path / "k.npz"), "--method", "ddnm", "--steps", "3", "--samples", "2"])
+    assert rc == 0 and "ddnm: 3 steps = 6 denoiser calls per image (2 fills averaged)" in capsys.readouterr().out
+    with np.load(tmp_path / "k.npz") as z:
+        mean = z["x"]
+    api = inpaint(difflab.load(runs / "digits"), x, m, method="ddnm", steps=3, samples=2).numpy()
+    np.testing.assert_allclose(mean, api, rtol=0, atol=1e-5)
     np.save(tmp_path / "bad.npy", np.zeros((1, 7, 8), np.float32))
     rc = main(["inpaint", str(runs / "digits"), "--image", str(tmp_path / "x.npy"), "--mask",
                str(tmp_path / "bad.npy"), "--out", str(tmp_path / "o2.npz")])

@@ -110,13 +110,14 @@ def test_nfe_defaults_and_counted_calls():
 
 
 def test_all_fill_equals_unconditional_samplers():
-    """With nothing to keep, RePaint (r=1) is ancestral DDPM and DDNM is DDIM(eta): same noise, same bits."""
+    """With nothing to keep, RePaint (r=1) is ancestral DDPM (same noise, same bits) and DDNM with eta = 0 is
+    deterministic DDIM (the same map, computed in another order: equal to float64 rounding)."""
     oracle, n = correlated_gaussian(), 16
     sigmas = get_sigmas("karras", 10, sigma_min=0.002, sigma_max=80.0)
-    for method, sampler, opts in (("repaint", "ddpm", {}), ("ddnm", "ddim", {"eta": 0.85})):
+    for method, sampler, eta in (("repaint", "ddpm", None), ("ddnm", "ddim", 0.0)):
         g = torch.Generator().manual_seed(3)
         x = torch.randn(n, 4, dtype=F64, generator=g) * float(sigmas[0])
-        ref = get_sampler(sampler)(oracle, x, sigmas, generator=g, **opts)
+        ref = get_sampler(sampler)(oracle, x, sigmas, generator=g, **({} if eta is None else {"eta": eta}))
         out = inpaint_latent(
             oracle,
             torch.zeros(n, 4, dtype=F64),
@@ -124,9 +125,13 @@ def test_all_fill_equals_unconditional_samplers():
             sigmas,
             method=method,
             resamplings=1,
+            eta=eta,
             generator=torch.Generator().manual_seed(3),
         )
-        assert torch.equal(out, ref)
+        if method == "repaint":
+            assert torch.equal(out, ref)
+        else:
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------- Gaussian oracle
@@ -151,24 +156,31 @@ def test_repaint_resampling_matches_gaussian_conditional():
 
 
 def test_ddnm_what_it_guarantees():
-    """DDNM is a replacement method: biased for correlated data (documented), exact when fill and keep are
-    independent. Independent coordinates: 250 DDIM(eta=1) steps give the conditional (= marginal) within
-    Monte Carlo error (4 se for the mean) plus the sampler's first-order variance deficit (~4%, 0.05 on
-    variances ~1.2, + 3 se = 0.04 of MC). Correlated: the mean moves towards the conditional mean but
-    stays biased (measured ~8 se at n=4000): it is asserted closer than the unconditional mean."""
+    """DDNM with the authors' step (eta = 0.85, 100 steps) on the Gaussian oracle, n = 2000 per seed.
+
+    Means: independent coordinates give the conditional (= marginal) mean within 4 Monte Carlo se (measured
+    0.1-1.6 se over seeds 0-3); correlated ones land on the conditional mean (measured error 0.009-0.046,
+    against 0.344 between the marginal and conditional means), asserted below a quarter of that distance.
+    Variances: the step redraws only part of the noise around D's estimate, whose spread is below the data's,
+    so the fill is under-dispersed: measured 0.70-0.78 of the conditional variances; asserted in [0.6, 0.9].
+    """
     indep = Gaussian([0.3, -0.2, 0.1, 0.0], torch.diag(torch.tensor([1.0, 0.8, 1.2, 0.6], dtype=F64)))
-    mean_err, _, cov_err = errors(indep, run_oracle(indep, "ddnm", 250, 2000, eta=1.0))
-    assert mean_err < 4.0 and cov_err < 0.09, (mean_err, cov_err)
     oracle = correlated_gaussian()
-    y = run_oracle(oracle, "ddnm", 100, 2000)[:, FILL]
-    mean, _ = oracle.conditional(FILL, X_KNOWN)
-    assert float((y.mean(0) - mean).norm()) < 0.75 * float((oracle.mu[FILL] - mean).norm())
+    for case in (indep, oracle):
+        mean, cov = case.conditional(FILL, X_KNOWN)
+        y = run_oracle(case, "ddnm", 100, 2000)[:, FILL]
+        if case is indep:
+            assert errors(case, run_oracle(case, "ddnm", 100, 2000))[0] < 4.0
+        else:
+            assert float((y.mean(0) - mean).norm()) < 0.25 * float((case.mu[FILL] - mean).norm())
+        ratio = y.var(0) / cov.diagonal()
+        assert bool(((ratio > 0.6) & (ratio < 0.9)).all()), ratio
 
 
-@pytest.mark.parametrize("method", ["repaint", "ddnm"])
+@pytest.mark.parametrize("method", ["repaint"])
 def test_denoiser_sees_known_region_forward_noised(method):
-    """Every denoiser input has x_keep ~ N(x_known, sigma^2) at its level (RePaint Alg. 1 line 5; for DDNM,
-    DDIM steps from the projected x0 keep that marginal). 4000 pooled residuals per call: the std of
+    """Every denoiser input has x_keep ~ N(x_known, sigma^2) at its level (RePaint Alg. 1 line 5). (Not
+    DDNM's property: its kept part carries the network's noise estimate, std 0.84-1.0 sigma on this oracle.) 4000 pooled residuals per call: the std of
     (x - x_known) / sigma has standard error 1/sqrt(2 * 4000) = 0.011, the mean 0.016; bounds are ~5 se."""
     oracle, seen = correlated_gaussian(), []
     keep = ~FILL
@@ -295,6 +307,30 @@ def test_inpaint_image_data_units_and_per_sample_seeds(method):
     # Same noise; only the UNet's batch-size-dependent float summation order may differ (data units ~16).
     torch.testing.assert_close(alone, out[1], rtol=0, atol=1e-4)
     assert torch.equal(inpaint(model, images, mask, method=method, seed=10, **FAST), out)
+
+
+def test_averaged_fills_approach_the_conditional_mean():
+    """samples=K averages K fills per input: on the Gaussian oracle its squared error to the exact conditional
+    mean E[x_fill | x_keep] falls from bias^2 + var (one draw) towards bias^2 + var / K."""
+    oracle = correlated_gaussian()
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, sigma, **cond):
+            return oracle(x.double(), sigma).to(x.dtype)
+
+    info = {"kind": "tabular", "shape": [4], "normalizer": Normalizer("tabular", [0.0] * 4, [1.0] * 4).to_dict(),
+            "num_classes": 0, "sigma_data": 1.0}
+    model = DiffusionModel(Exact(), ExperimentCfg(), info)
+    table = X_KNOWN.expand(300, 4).clone()
+    mean, cov = oracle.conditional(FILL, X_KNOWN)
+    one = inpaint(model, table, FILL, method="ddnm", steps=20, seed=0)
+    avg = inpaint(model, table, FILL, method="ddnm", steps=20, seed=0, samples=16)
+    assert torch.equal(avg[:, ~FILL], table[:, ~FILL])
+    mse_one, mse_avg = (float(((x[:, FILL] - mean) ** 2).mean()) for x in (one, avg))
+    assert mse_one > 0.5 * float(cov.diagonal().mean())  # one draw scatters like the posterior
+    assert mse_avg < mse_one / 4
+    with pytest.raises(ValueError, match="^samples: must be an integer >= 1"):
+        inpaint(model, table, FILL, samples=0)
 
 
 def test_inpaint_tabular_imputes_nan_cells():

@@ -114,6 +114,31 @@ def test_image_run_resumes_and_writes_a_grid(tmp_path):
     assert (tmp_path / "b" / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_pins_its_preset_so_a_later_preset_change_does_not_break_it(tmp_path, monkeypatch):
+    from difflab.backbones import unet
+
+    data = load_data("digits", n=32)
+    cfg = config_from_dict({"model": {"params": {"model_channels": 16}}, "sample": {"steps": 2},
+                            "train": {"steps": 1, "batch_size": 16, "sample_grid": 0}})
+    train(cfg, data, tmp_path / "r", progress=False)
+    model_cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]["model"]
+    assert (model_cfg["backbone"], model_cfg["preset"]) == ("unet", "tiny")
+    assert model_cfg["params"] == {**unet.UNET_PRESETS["tiny"], "channel_mult": [1, 2], "attention_resolutions": [4],
+                                   "model_channels": 16}  # the user's value wins over the preset's 24
+    before = difflab.load(tmp_path / "r").sample(2, steps=2, seed=0)
+    changed = {**unet.UNET_PRESETS, "tiny": {**unet.UNET_PRESETS["tiny"], "channel_mult": (1, 3), "head_channels": 8}}
+    monkeypatch.setattr(unet, "UNET_PRESETS", changed)
+    monkeypatch.setitem(unet.BACKBONES.meta("unet"), "presets", changed)
+    assert torch.equal(difflab.load(tmp_path / "r").sample(2, steps=2, seed=0), before)
+
+    # A run saved before pinning (preset "auto", no params) is rebuilt from today's preset: a mismatch says so.
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    saved["config"]["model"].update(backbone="auto", preset="auto", params={})
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="older difflab whose preset 'tiny' had another layout"):
+        difflab.load(tmp_path / "r")
+
+
 def test_damaged_newest_checkpoint_falls_back(tmp_path):
     train(_mlp_cfg(30, keep_checkpoints=5), load_data("gmm2d", n=200), tmp_path, progress=False)
     ckpts = list_checkpoints(tmp_path)

@@ -176,11 +176,12 @@ def cmd_inpaint(args) -> int:
                                  ("eta", args.eta)) if v is not None}
     calls = ip.nfe(args.method, steps, options.get("jump_length", 10), options.get("resamplings"))
     if not args.quiet:
-        print(f"{args.method}: {steps} steps = {calls} denoiser calls per image"
+        print(f"{args.method}: {steps} steps = {calls * args.samples} denoiser calls per image"
+              + (f" ({args.samples} fills averaged)" if args.samples > 1 else "")
               + (" (x2 with guidance)" if model.num_classes and args.class_label is not None else ""))
     filled = ip.inpaint(model, inputs.x, mask, method=args.method, steps=steps, seed=args.seed,
                         class_labels=_class_labels(args, model, inputs.x.shape[0]), guidance=args.guidance,
-                        batch_size=args.batch_size, progress=not args.quiet, **options)
+                        samples=args.samples, batch_size=args.batch_size, progress=not args.quiet, **options)
     for path in write_outputs("--out", out, filled, model, inputs):
         print(f"wrote {path}")
     return 0
@@ -341,7 +342,8 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
         epilog="""examples:
   difflab inpaint runs/digits --image photo.png --mask mask.png --out filled.png
   difflab inpaint runs/digits --image batch.npz --mask centre.npy --out filled.npz --method ddnm
-  difflab inpaint runs/digits --image batch.npz --mask m.npy --out f.npz --steps 100 --resamplings 5""",
+  difflab inpaint runs/digits --image batch.npz --mask m.npy --out f.npz --steps 100 --resamplings 5
+  difflab inpaint runs/digits --image batch.npz --mask m.npy --out mean.npz --method ddnm --samples 8""",
     )
     common(ip)
     ip.add_argument("--image", "--input", dest="image", required=True, help="image(s) to fill")
@@ -354,7 +356,10 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
     ip.add_argument("--jump-length", type=positive_int("--jump-length"), default=None, help="RePaint's j (10)")
     ip.add_argument("--resamplings", type=positive_int("--resamplings"), default=None,
                     help="RePaint's r (10); for ddnm > 1 turns on time travel")
-    ip.add_argument("--eta", type=float_in("--eta", 0.0, 1.0), default=None, help="DDIM eta of ddnm (0.85)")
+    ip.add_argument("--eta", type=float_in("--eta", 0.0, 1.0), default=None,
+                    help="ddnm: fraction of fresh noise per step (0.85); repaint: DDIM eta (1)")
+    ip.add_argument("--samples", type=positive_int("--samples", 1024), default=1,
+                    help="fills averaged per image (the posterior mean as K grows: best PSNR, blurrier; K x cost)")
     ip.add_argument("--class", type=int, dest="class_label", default=None, help="class for class-conditional runs")
     ip.add_argument("--guidance", type=float_in("--guidance", 0.0), default=None)
     ip.set_defaults(func=cmd_inpaint)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import sampling
-from .backbones import build_backbone
+from .backbones import backbone_presets, build_backbone
 from .checkpoint import find_checkpoint, load_tensors, verify_checkpoint
 from .config import ExperimentCfg, config_from_dict, resolve_auto
 from .data import Normalizer
@@ -36,6 +36,23 @@ def auto_backbone(cfg: ExperimentCfg, data_info: dict) -> tuple[str, str]:
             h, w = data_info["shape"][1:]
             preset = "tiny" if h * w <= 16 * 16 else "small"
     return name, preset
+
+
+def pin_architecture(cfg: ExperimentCfg, data_info: dict) -> ExperimentCfg:
+    """Resolve ``auto`` backbone/preset and copy the preset's values into ``model.params`` (user values win).
+
+    A new run's saved config then describes its network by itself, so a later change to a preset (the UNet
+    ``small`` preset went from 32/64/64 to 16/48/80 channels) never changes how an existing run is rebuilt. An unknown backbone or preset is left alone for ``build_denoiser`` to report.
+    """
+    name, preset = auto_backbone(cfg, data_info)
+    try:
+        values = backbone_presets(name).get(preset)
+    except ValueError:
+        values = None
+    if values is None:
+        return cfg
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in {**values, **cfg.model.params}.items()}
+    return cfg.replace("model", backbone=name, preset=preset, params=params)
 
 
 def process_of(cfg: ExperimentCfg) -> NoiseProcess:
@@ -308,7 +325,17 @@ def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool
         verify_checkpoint(ckpt)
     denoiser = build_denoiser(cfg, data_info)
     weights = load_tensors(ckpt, "ema" if ema else "model")
-    missing, unexpected = denoiser.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = denoiser.load_state_dict(weights, strict=False)
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+    except RuntimeError as e:  # the same names with other shapes
+        missing, unexpected = ["?"], []
+        problem = "tensor shapes differ: " + " ".join(str(e).split())[:160]
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: weights do not match the config (missing {missing[:3]})")
+        hint = ""
+        if not cfg.model.params:  # a run from before presets were pinned (see pin_architecture)
+            preset = auto_backbone(cfg, data_info)[1]
+            hint = (f"; it may come from an older difflab whose preset {preset!r} had another layout: "
+                    f"give that layout as model.params in config.json")
+        raise CheckpointError(f"{ckpt}: weights do not fit {Path(run_dir) / 'config.json'} ({problem}){hint}")
     return DiffusionModel(denoiser, cfg, data_info, device=device, run_dir=run_dir, checkpoint=Path(ckpt).name)

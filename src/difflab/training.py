@@ -34,7 +34,7 @@ from .config import ExperimentCfg, resolve_auto, write_json_atomic
 from .data import Dataset, Normalizer
 from .errors import ConfigError, DifflabError
 from .losses import DenoisingLoss, make_sigma_distribution
-from .model import auto_backbone, build_denoiser, load, process_of, read_run_config
+from .model import auto_backbone, build_denoiser, load, pin_architecture, process_of, read_run_config
 from .runlock import RunLock
 
 
@@ -172,7 +172,8 @@ def _prepare(cfg, data, run_dir: Path, resume: bool, data_spec):
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise DifflabError(f"{run_dir}: already holds a run; use --resume to continue it or pick a new --out")
         _check_run(cfg, data)
-        return resolve_auto(cfg, data.kind), describe_data(data, cfg, data_spec), None
+        info = describe_data(data, cfg, data_spec)
+        return pin_architecture(resolve_auto(cfg, data.kind), info), info, None
     saved_cfg, data_info = read_run_config(run_dir)
     if list(data.x.shape[1:]) != data_info["shape"]:
         raise DifflabError(f"--resume: data shape {list(data.x.shape[1:])} differs from the run's {data_info['shape']}")

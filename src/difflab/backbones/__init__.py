@@ -71,7 +71,7 @@ def build_backbone(name: str, *, preset: str | None = None, **params: Any) -> nn
         raise ConfigError(f"backbone {name!r}: {e}") from None
     try:
         return factory(**merged)
-    except TypeError as e:  # a parameter of the wrong type
+    except (TypeError, ValueError) as e:  # a parameter of the wrong type or out of range
         raise ConfigError(f"backbone {name!r}: {e}") from e
 
 
