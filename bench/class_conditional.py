@@ -71,10 +71,8 @@ def main(argv=None) -> int:
     model = difflab.load(run)
     steps_done = int((run / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
     print(f"classifier accuracy on 1,000 held-out real digits: {ceiling:.3f}")
-    changed = ([f"batch {a.batch_size}"] if a.batch_size else []) + a.set
-    cfg = difflab.load(run).cfg
-    changed += [f"train.steps {cfg.train.steps}"]
-    print(f"model: {run} (class-conditional, {'default config' if not changed else ', '.join(changed)}, "
+    changed = ([f"batch {a.batch_size}"] if a.batch_size else []) + a.set + [f"train.steps {model.cfg.train.steps}"]
+    print(f"model: {run} (class-conditional, default config except {', '.join(changed)}, "
           f"{steps_done} steps, {train_s:.0f} s this call)")
     # A second, stronger judge: the small CNN of bench/tasks.py (also the time-to-quality feature network),
     # trained on the same 7,000 digits.

@@ -57,7 +57,7 @@ def part_oneclass(ctx) -> dict:
     a = ctx.args
     te = ctx.test_idx
     x_test01 = ctx.x01[te]
-    rows, runs, paths = [], {}, {}
+    rows, paths = [], {}
     extra = ["--steps", "30", "--preset", "tiny", "--batch-size", "32"] if ctx.quick else list(a.oc_train_args)
     for d in a.oc_digits:
         data = ctx.out / f"oc_{d}.npz"
