@@ -340,8 +340,8 @@ def inpaint(
         samples: fills drawn per input and averaged (K times the cost). One draw (default) is a sharp,
             plausible fill; the average of K draws approaches the posterior mean E[x_fill | x_keep], the
             fill with the least expected squared error (so the best PSNR), blurred where the draws
-            disagree. The K draws of input i use seed ``seed + i`` (the first is the ``samples=1`` fill).
-        batch_size: inputs per denoiser batch (each with its ``samples`` draws).
+            disagree. The K draws of input i all come from its own generator, seeded ``seed + i``.
+        batch_size: inputs per denoiser batch (each with its ``samples`` draws: batch_size x samples rows).
         **options: ``jump_length``, ``resamplings``, ``eta`` of :func:`inpaint_latent`.
 
     Returns:
