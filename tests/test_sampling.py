@@ -440,3 +440,18 @@ def test_schedule_errors():
         S.get_sigmas("native", 5, process=EDM())
     with pytest.raises(ValueError, match="steps"):
         S.karras_sigmas(-1, SIGMA_MIN, SIGMA_MAX)
+
+
+def test_per_sample_noise_draws_rows_come_from_each_inputs_own_generator():
+    """PerSampleNoise(draws=k): generator i fills rows i*k .. i*k+k-1, so an input's k draws are the same
+    alone or in any batch, and draws=1 is the plain one-row-per-seed stream."""
+    from difflab.generate import PerSampleNoise
+
+    batch = PerSampleNoise([5, 9], (2, 3), draws=4)
+    first, second = batch.randn(), batch.randn()
+    assert first.shape == (8, 2, 3)
+    alone = PerSampleNoise([9], (2, 3), draws=4)
+    assert torch.equal(alone.randn(), first[4:]) and torch.equal(alone.randn(), second[4:])
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(PerSampleNoise([5], (2, 3)).randn()[0], torch.randn((2, 3), generator=g))
+    assert not torch.equal(first[0], first[1])

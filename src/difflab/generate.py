@@ -19,15 +19,18 @@ class PerSampleNoise:
 
     Drawing on the CPU and then moving to ``device`` keeps a seed's samples the same on any device. An
     instance is the samplers' ``NoiseFn``: ``noise(sigma, sigma_next)`` returns a tensor shaped like x.
+    With ``draws`` = k, generator i serves k rows (rows i*k .. i*k+k-1 of the (N*k, *shape) result): k
+    draws per input, e.g. k posterior samples to average, that do not depend on the batch they ran in.
     """
 
-    def __init__(self, seeds: list[int], shape: tuple[int, ...], device="cpu", dtype=torch.float32):
+    def __init__(self, seeds: list[int], shape: tuple[int, ...], device="cpu", dtype=torch.float32,
+                 draws: int = 1):
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shape, self.device, self.dtype = tuple(shape), device, dtype
+        self.shape, self.device, self.dtype, self.draws = tuple(shape), device, dtype, draws
 
     def randn(self) -> Tensor:
-        x = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
-        return x.to(device=self.device, dtype=self.dtype)
+        x = torch.stack([torch.randn((self.draws, *self.shape), generator=g) for g in self.generators])
+        return x.reshape(-1, *self.shape).to(device=self.device, dtype=self.dtype)
 
     def __call__(self, sigma=None, sigma_next=None) -> Tensor:
         return self.randn()

@@ -42,7 +42,8 @@ def pin_architecture(cfg: ExperimentCfg, data_info: dict) -> ExperimentCfg:
     """Resolve ``auto`` backbone/preset and copy the preset's values into ``model.params`` (user values win).
 
     A new run's saved config then describes its network by itself, so a later change to a preset (the UNet
-    ``small`` preset went from 32/64/64 to 16/48/80 channels) never changes how an existing run is rebuilt. An unknown backbone or preset is left alone for ``build_denoiser`` to report.
+    ``small`` preset went from 32/64/64 to 16/48/80 channels) never changes how an existing run is rebuilt.
+    An unknown backbone or preset is left alone for ``build_denoiser`` to report.
     """
     name, preset = auto_backbone(cfg, data_info)
     try:

@@ -435,10 +435,7 @@ def denoise(
             s_model[start:stop] = sb
         noise = None
         if method == "posterior":
-            draw = PerSampleNoise(list(range(seed + start, seed + stop)), (samples, *model.shape), device=dev)
-
-            def noise(a: float, b: float, draw: PerSampleNoise = draw) -> Tensor:
-                return draw.randn().reshape(-1, *model.shape)
+            noise = PerSampleNoise(list(range(seed + start, seed + stop)), model.shape, device=dev, draws=samples)
 
         x0 = denoise_latent(model.denoiser, zb, sb, method=method, cond=cond, noise=noise, **kw)
         out.append(x0.float().cpu())

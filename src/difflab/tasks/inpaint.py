@@ -384,7 +384,7 @@ def inpaint(
         stop = min(n, start + batch_size)
         known = model.normalize(torch.where(fill[start:stop], 0.0, x[start:stop])).to(model.device)
         # Input i's k draws are rows i*k .. i*k+k-1, all from input i's own generator.
-        draw = PerSampleNoise(list(range(seed + start, seed + stop)), (k, *shape), device=model.device)
+        noise = PerSampleNoise(list(range(seed + start, seed + stop)), shape, device=model.device, draws=k)
         cond = None if labels is None else {"class_labels": labels[start:stop].repeat_interleave(k).to(model.device)}
         z = inpaint_latent(
             denoiser,
@@ -393,7 +393,7 @@ def inpaint(
             sigmas,
             method=method,
             cond=cond,
-            noise=lambda a, b, draw=draw: draw.randn().reshape(-1, *shape),
+            noise=noise,
             progress=progress,
             **options,
         )
