@@ -108,7 +108,9 @@ def oneclass_md(r: dict) -> list[str]:
            + "; ".join(f"{d}: {v['backbone']}/{v['preset']}, batch {v['batch_size']}, {v['steps']} steps in "
                        f"{v['minutes']} min" for d, v in runs.items()) + ".", "",
            (f"AUROC (AUPRC in brackets). difflab recon: default levels, {r.get('draws', 4)} noise draw(s) per level, "
-           "256 training images of the class as reference."), ""]
+           "256 training images of the class as reference, levels combined by the default for images with a reference "
+           "(the error profile, `combine='profile'`); \"mean of levels\": the same errors averaged over the levels "
+           "(`combine='mean'`)."), ""]
     body = [[m] + [f"{get[(m, d)]['auroc']:.3f} ({get[(m, d)]['auprc']:.3f})" for d in digits]
             + [f"{np.mean([get[(m, d)]['auroc'] for d in digits]):.3f}"] for m in methods]
     out += _table(["method"] + [f"digit {d}" for d in digits] + ["mean AUROC"], body)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from difflab.anomaly import DiffusionDetector, anomaly_scores, auroc_auprc, save_anomaly_maps
+from difflab.anomaly import Calibration, DiffusionDetector, anomaly_scores, auroc_auprc, save_anomaly_maps
 from difflab.data import Normalizer
 from difflab.data.synthetic import synthetic
 
@@ -82,16 +82,62 @@ def test_elbo_scores_bound_true_nll_on_average(mixture_case):
     assert abs(float(res.scores.mean() - true_nll.mean())) <= 3 * se_mean + 1e-3  # tight for the exact D
 
 
-def test_recon_reference_scale_and_reuse(mixture_case):
+def test_recon_reference_calibration_and_reuse(mixture_case):
     mix, model, x, _ = mixture_case
     ref = mix.sample(64, 5)
-    with_ref = anomaly_scores(model, x, score="recon", reference=ref, seed=2)
-    assert with_ref.level_scale.shape == (5,) and bool((with_ref.level_scale > 0).all())
-    reused = anomaly_scores(model, x, score="recon", level_scale=with_ref.level_scale, seed=2)
+    with_ref = anomaly_scores(model, x, score="recon", reference=ref, combine="profile", seed=2)
+    cal = with_ref.calibration
+    assert with_ref.combine == "profile" and cal.scale.shape == (5,) and bool((cal.scale > 0).all())
+    assert cal.center.shape == (5,) and cal.precision.shape == (5, 5)
+    reused = anomaly_scores(model, x, score="recon", calibration=cal, combine="profile", seed=2)
     assert torch.equal(reused.scores, with_ref.scores)
-    # the reference's own normalised errors have median 1 per level (up to independent noise draws)
-    own = anomaly_scores(model, ref, score="recon", level_scale=with_ref.level_scale, seed=7)
+    # the reference's own normalised errors have median 1 per level (up to independent noise draws), and
+    # their squared Mahalanobis distances to their own profile average about L = 5 (chi-square-like)
+    own = anomaly_scores(model, ref, score="recon", calibration=cal, combine="profile", seed=7)
     assert bool(((own.per_level.median(0).values - 1).abs() < 0.35).all())
+    assert 2.5 < float(own.scores.mean()) < 10.0
+    averaged = anomaly_scores(model, x, score="recon", calibration=cal, seed=2)  # auto: tables average
+    assert averaged.combine == "mean" and torch.allclose(averaged.scores, with_ref.per_level.mean(1))
+    no_ref = anomaly_scores(model, x, score="recon", seed=2)
+    assert no_ref.combine == "mean" and no_ref.calibration.center is None
+
+
+def test_auto_combine_uses_the_profile_for_images_with_reference():
+    model, x = gaussian_image_case()
+    ref = 0.5 * torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert anomaly_scores(model, x, score="recon", reference=ref, draws=1).combine == "profile"
+    assert anomaly_scores(model, x, score="recon", draws=1).combine == "mean"  # nothing to fit a profile on
+
+
+def test_profile_catches_inputs_too_simple_for_their_class():
+    """The input-complexity failure, in closed form. Normal data N(0, s^2 I) in 16 dimensions with its exact
+    denoiser D(z, sigma) = z s^2 / (s^2 + sigma^2); anomalies are the same Gaussian shrunk 4x ("simpler"
+    inputs). Their expected error at level sigma, (|x|^2 sigma^4 + d sigma^2 s^4) / (s^2 + sigma^2)^2, is below
+    the normal one at *every* level, so any average of the levels ranks them as the most normal samples. Their
+    error profile across the levels is nevertheless far from the normal one, and the profile score finds it."""
+    s, d = 1.0, 16
+    g = torch.Generator().manual_seed(0)
+    normal, simple = torch.randn(200, d, generator=g) * s, torch.randn(40, d, generator=g) * s / 4
+    ref = torch.randn(256, d, generator=g) * s
+    model = OracleModel(lambda z, sigma: z * (s**2 / (s**2 + sigma**2)).reshape(-1, 1), (d,), "tabular",
+                        Normalizer.identity(d), sigma_data=s)
+    x, labels = torch.cat([normal, simple]), torch.cat([torch.zeros(200), torch.ones(40)])
+    averaged = anomaly_scores(model, x, score="recon", reference=ref, combine="mean", seed=1)
+    profile = anomaly_scores(model, x, score="recon", reference=ref, combine="profile", seed=1)
+    assert auroc_auprc(averaged.scores, labels)[0] < 0.2  # backwards, as on 28x28 digits at fine levels
+    assert auroc_auprc(profile.scores, labels)[0] > 0.95
+
+
+def test_calibration_fit_is_the_gaussian_of_log_errors():
+    errors = torch.tensor([[1.0, 4.0], [2.0, 8.0], [4.0, 2.0], [8.0, 4.0], [2.0, 4.0]])
+    cal = Calibration.fit((0.5, 1.0), errors)
+    assert torch.allclose(cal.scale, torch.tensor([2.0, 4.0], dtype=torch.float64))  # medians
+    logs = torch.log(errors.double() / cal.scale)
+    assert torch.allclose(cal.center, logs.mean(0))
+    # a point at the reference mean has distance 0; the precision is symmetric positive definite
+    assert float(cal.profile_distance(torch.exp(cal.center)[None])[0]) == pytest.approx(0.0, abs=1e-12)
+    assert torch.allclose(cal.precision, cal.precision.T) and bool((torch.linalg.eigvalsh(cal.precision) > 0).all())
+    assert Calibration.fit((0.5, 1.0), errors[:1]).center is None  # one sample: no profile
 
 
 def gaussian_image_case(s=0.5):
@@ -144,6 +190,15 @@ def test_bad_arguments(mixture_case):
         anomaly_scores(model, x, levels=[0.5, -1.0])
     with pytest.raises(ValueError, match="^class_labels:"):
         anomaly_scores(model, x, class_labels=0)
+    with pytest.raises(ValueError, match="^combine:"):
+        anomaly_scores(model, x, combine="median")
+    with pytest.raises(ValueError, match="^combine: 'profile' needs reference"):
+        anomaly_scores(model, x, combine="profile")
+    cal = anomaly_scores(model, x, reference=x[:20]).calibration
+    with pytest.raises(ValueError, match="^calibration: fitted at levels"):
+        anomaly_scores(model, x, calibration=cal, levels=(0.1, 1.0))
+    with pytest.raises(ValueError, match="^calibration:"):
+        anomaly_scores(model, x, calibration=cal.scale)
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +238,8 @@ def test_detector_validates_X(detector_case):
         DiffusionDetector().score_samples(x)
     with pytest.raises(ValueError, match="^train_overrides:"):
         DiffusionDetector(steps=1, not_a_key=1).fit(x)
+    with pytest.raises(ValueError, match="^combine:"):
+        DiffusionDetector(steps=1, combine="median").fit(x)
 
 
 def test_detector_params_round_trip():

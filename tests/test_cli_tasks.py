@@ -127,6 +127,13 @@ def test_anomaly_scores_labels_and_maps(runs, tmp_path, capsys):
     assert main(["anomaly", str(runs / "digits"), "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "d.csv"),
                  "--labels", str(tmp_path / "lab.npy"), "--quiet"]) == 0
     assert (tmp_path / "d_maps.png").exists()
+    profile = load_data(str(tmp_path / "d.csv")).x
+    assert main(["anomaly", str(runs / "digits"), "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "m.csv"),
+                 "--combine", "mean", "--quiet"]) == 0
+    assert not torch.allclose(load_data(str(tmp_path / "m.csv")).x, profile)  # images: auto = profile, not mean
+    rc = main(["anomaly", str(runs / "digits"), "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r.csv"),
+               "--reference", str(runs / "table.csv")])
+    assert rc == 2 and "--reference" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
     rc = main(["anomaly", str(runs / "table"), "--data", str(runs / "table.csv"), "--out", str(tmp_path / "x.csv"),
                "--labels", "nosuchcolumn"])
     assert rc == 2 and "nosuchcolumn" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

@@ -296,11 +296,16 @@ def cmd_anomaly(args) -> int:
             ref = load_data(spec, n=min(512, model.data_info.get("count", 512)))
             if tuple(ref.sample_shape) == tuple(model.shape):
                 reference = ref.x
+            elif args.reference:
+                raise DataError(f"--reference {spec}: samples of shape {tuple(ref.sample_shape)}, the run's are "
+                                f"{tuple(model.shape)}")
         except DifflabError:
             if args.reference:
                 raise
-    res = anomaly.anomaly_scores(model, inputs.x, score=args.score, reference=reference, seed=args.seed,
-                                 batch_size=args.batch_size, progress=not args.quiet)
+    if args.combine == "profile" and reference is None:
+        raise DifflabError("--combine profile: needs reference data; pass --reference (normal samples)")
+    res = anomaly.anomaly_scores(model, inputs.x, score=args.score, reference=reference, combine=args.combine,
+                                 seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     scores = res.scores.double().numpy()
     is_anomaly = None if labels is None else (labels.double().numpy() != 0).astype(np.int64)
     write_csv(out, scores[:, None], ["score"], labels=is_anomaly)
@@ -407,5 +412,8 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
                     help="1 = anomaly: a column of the --data CSV/.npz, or a file with one label per sample")
     an.add_argument("--reference", default=None,
                     help="recon: normal data that calibrates each noise level (default: the run's training data)")
+    an.add_argument("--combine", choices=["auto", "profile", "mean"], default="auto",
+                    help="recon: combine the noise levels by the reference's error profile (Mahalanobis) or by "
+                    "their mean; auto = profile for images, mean for tables")
     an.add_argument("--maps", default=None, help="images: PNG of per-pixel maps (default: OUT_maps.png)")
     an.set_defaults(func=cmd_anomaly)
