@@ -1,22 +1,28 @@
-"""Development study for the image anomaly score, on data the one-class MNIST check never scores.
+"""Development study for the anomaly scores' defaults, on data the benchmark (bench/tasks.py) never scores.
 
-The one-class MNIST benchmark (bench/tasks.py) scores the 1,000 held-out MNIST digits; the choices it checks
-are made here, on other data, so that the check stays honest:
+The one-class MNIST benchmark scores the 1,000 held-out MNIST digits and the ADBench sets; the choices it
+checks are made here, on other data, so that the check stays honest:
 
 * ``--data digits``: scikit-learn's 8x8 digits, a stratified 50 / 50 split;
 * ``--data mnist-train``: the 7,000-digit MNIST *training* split only (``--npz``, as bench/tasks.py and
   bench/class_conditional.py write it), cut 50 / 50 again: the model of digit d sees half of the class-d
-  training digits, and the dev test set is the other half plus ``--n-other`` training digits of other classes.
+  training digits, and the dev test set is the other half plus ``--n-other`` training digits of other
+  classes;
+* ``--data breast_cancer | wine | gmm8d-box``: tables (see ``tabular``); ``--digits`` are then split seeds.
 
-For each digit d: train a difflab model (default config, ``--steps`` steps of ``--batch-size``) on the
-class-d images of the first part, then score the dev test set (anomaly = not d) with ``anomaly_scores(score="recon")`` at ``--levels`` (multiples of sigma_data), and the
-same for the class-d training images (the reference a detector would use). Per-level raw errors are saved
-to ``OUT/errors_d.npz``; the report gives the AUROC of each level alone and of each way to combine them
-(``difflab.anomaly.COMBINES``), beside IsolationForest on the same split.
+Images: for each digit d, train a difflab model (default config, ``--steps`` steps of ``--batch-size``) on
+the class-d images of the first part, then score the dev test set (anomaly = not d) with
+``anomaly_scores(score="recon")`` at ``--levels`` (multiples of sigma_data), and the same for the class-d
+training images (the reference a detector would use). Per-level raw errors are saved to
+``OUT/errors_d.npz`` with the labels and IsolationForest's scores on the same split, and the AUROC of each
+level alone is printed. ``--report DIR ...`` then compares the ways to combine the default five levels on
+the saved errors, through the library's own ``Calibration`` (combine "mean" and "profile").
 
-    python bench/anomaly_dev.py --out bench/out/anomaly_dev [--digits 0 1 ...] [--steps 600] [--threads 1]
+    python bench/anomaly_dev.py --out bench/out/anomaly_dev --digits 0 1 2 3 4
     python bench/anomaly_dev.py --data mnist-train --out bench/out/anomaly_dev_mnist --digits 2 5 8 \
         --steps 500 --batch-size 32
+    python bench/anomaly_dev.py --data breast_cancer --out bench/out/anomaly_dev_breast_cancer --digits 0 1
+    python bench/anomaly_dev.py --report bench/out/anomaly_dev_mnist bench/out/anomaly_dev_breast_cancer
 """
 
 from __future__ import annotations
@@ -74,6 +80,28 @@ def tabular(args) -> None:
               zip(args.levels, per_level)) + f" | IF {auroc_auprc(iforest, y_te)[0]:.3f}", flush=True)
 
 
+def report(dirs: list[Path]) -> None:
+    """AUROC of IsolationForest and of the mean / profile of the default five levels, per saved split."""
+    from difflab.anomaly import LEVEL_FACTORS, Calibration, auroc_auprc
+
+    for folder in dirs:
+        rows = {"IsolationForest": [], "mean of 5 levels": [], "profile of 5 levels": []}
+        names = []
+        for path in sorted(folder.glob("errors_*.npz")):
+            d = np.load(path)
+            keep = [list(np.round(d["factors"], 6)).index(f) for f in LEVEL_FACTORS]
+            test, ref = torch.from_numpy(d["test"][:, keep]), torch.from_numpy(d["ref"][:, keep])
+            cal = Calibration.fit(LEVEL_FACTORS, ref)
+            normalised = test.double() / cal.scale
+            rows["IsolationForest"].append(auroc_auprc(d["iforest"], d["labels"])[0])
+            rows["mean of 5 levels"].append(auroc_auprc(normalised.mean(1), d["labels"])[0])
+            rows["profile of 5 levels"].append(auroc_auprc(cal.profile_distance(normalised), d["labels"])[0])
+            names.append(path.stem.split("_")[-1])
+        print(f"{folder} ({', '.join(names)}):")
+        for name, values in rows.items():
+            print(f"  {name:20s} mean {np.mean(values):.4f}  " + " / ".join(f"{v:.3f}" for v in values))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", choices=("digits", "mnist-train", *TABULAR), default="digits")
@@ -87,7 +115,11 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=None, help="noise draws per level (default: images 2, tables 4)")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report", type=Path, nargs="+", default=None,
+                    help="only compare the combinations on the errors saved in these folders")
     args = ap.parse_args()
+    if args.report:
+        return report(args.report)
     args.steps_given = args.steps is not None
     args.steps = args.steps or 600
     torch.set_num_threads(args.threads)

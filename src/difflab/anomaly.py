@@ -14,9 +14,9 @@ Scores (higher = more anomalous), all per sample:
   x_hat = D(z, sigma_k) (one call: the posterior mean, the limit of many reverse runs), or, with
   ``reverse_steps`` > 0, a deterministic Heun run of that many steps from sigma_k down to 0 (AnoDDPM's
   full reverse). The squared error per element is averaged over ``draws`` noise draws, divided by the
-  level's expected error and averaged over the elements; the levels are then combined (below). Levels are sigma_data x (0.1, 0.3,
-  1, 3, 10) by default: the small ones see local structure, the large ones the distance to the bulk of
-  the data (on ADBench ``cardio`` the large ones rank best; bench/anomaly_quick.py).
+  level's expected error and averaged over the elements; the levels are then combined (below). Levels
+  are sigma_data x (0.1, 0.3, 1, 3, 10) by default: the small ones see local structure, the large ones the
+  distance to the bulk of the data (on ADBench ``cardio`` the large ones rank best; bench/anomaly_quick.py).
 
   Normalisation per level: with ``reference`` data (normal samples, e.g. the training rows;
   ``DiffusionDetector`` passes its fit data, the CLI up to 512 training samples) the divisor is the median
