@@ -134,6 +134,9 @@ def test_anomaly_scores_labels_and_maps(runs, tmp_path, capsys):
     rc = main(["anomaly", str(runs / "digits"), "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r.csv"),
                "--reference", str(runs / "table.csv")])
     assert rc == 2 and "--reference" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
+    rc = main(["anomaly", str(runs / "digits"), "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r.csv"),
+               "--score", "elbo", "--combine", "mean"])
+    assert rc == 2 and "--combine mean" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
     rc = main(["anomaly", str(runs / "table"), "--data", str(runs / "table.csv"), "--out", str(tmp_path / "x.csv"),
                "--labels", "nosuchcolumn"])
     assert rc == 2 and "nosuchcolumn" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

@@ -283,6 +283,8 @@ def cmd_anomaly(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise DifflabError(f"--out {out}: anomaly scores are written as .csv")
+    if args.combine != "auto" and args.score != "recon":
+        raise DifflabError(f"--combine {args.combine}: applies to --score recon only, not {args.score}")
     _check_output("--out", out)
     model = _load_run(args.run, args.device)
     maps_path = Path(args.maps) if args.maps else out.with_name(out.stem + "_maps.png")
@@ -402,7 +404,8 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
         epilog="""examples:
   difflab anomaly runs/cardio --data cardio_test.csv --out scores.csv --labels label
   difflab anomaly runs/digits --data test.npz --out scores.csv --labels test_labels.npy
-  difflab anomaly runs/points --data new.csv --out scores.csv --score nll""",
+  difflab anomaly runs/points --data new.csv --out scores.csv --score nll
+  difflab anomaly runs/mnist --data test.npz --out scores.csv --reference normal.npz --combine mean""",
     )
     common(an)
     an.add_argument("--data", required=True, help="samples to score (same kind and shape as the run's)")
