@@ -5,7 +5,8 @@ wall-clock budget, optionally a step count so the cosine learning rate decays wi
 training split of the MNIST subset in ../shared/data (the split of bench/tasks.py, written to an .npz with
 its labels), samples ``--n`` digits cycling through the classes at each guidance weight, and classifies them
 with two independent classifiers trained on the same 7,000 digits, a scikit-learn MLP and the small CNN of
-bench/tasks.py (their accuracies on the other 1,000 are printed as the ceilings). Skips cleanly when ../shared/data is absent.
+bench/tasks.py (their accuracies on the other 1,000 are printed as the ceilings). Skips cleanly when
+../shared/data is absent.
 
     python bench/class_conditional.py [--minutes 10] [--train-steps N] [--n 500] [--guidance 1 3] \
         [--run bench/out/mnist_cond]

@@ -363,24 +363,27 @@ def part_inpaint(ctx: Context) -> dict:
     clean, labels = ctx.x01[te], ctx.labels[te]
     hw = clean.shape[-1]
     rng = np.random.default_rng(3)
-    rp = {"steps": a.repaint_steps, "jump_length": a.repaint_j, "resamplings": a.repaint_r}
+    ddnm = {"method": "ddnm", "steps": a.ddnm_steps}
+    rp = {"method": "repaint", "steps": a.repaint_steps, "jump_length": a.repaint_j, "resamplings": a.repaint_r}
     rp_nfe = nfe("repaint", a.repaint_steps, a.repaint_j, a.repaint_r)
+    k_fills = a.inpaint_samples
     rows, examples = [], {}
     for kind in ("centre", "right half", f"random {int(100 * a.random_frac)}%"):
         m = make_masks(kind, n, hw, rng, a.random_frac)
         known = np.where(m, 0.0, clean)
+
+        def fill(count: int, known=known, m=m, **options) -> np.ndarray:
+            """difflab's inpainting of the first ``count`` images, back on [0, 1]."""
+            return ctx.from_data(inpaint(model, ctx.to_data(known[:count]), m[:count, None], seed=0, **options))
+
         methods = {
-            f"difflab DDNM ({a.ddnm_steps} steps, {a.ddnm_steps} NFE)": (n, lambda: ctx.from_data(
-                inpaint(model, ctx.to_data(known), m[:, None], method="ddnm", steps=a.ddnm_steps, seed=0))),
+            f"difflab DDNM ({a.ddnm_steps} steps, {a.ddnm_steps} NFE)": (n, lambda: fill(n, **ddnm)),
             f"difflab RePaint ({a.repaint_steps} steps, j={a.repaint_j}, r={a.repaint_r}: {rp_nfe} NFE)": (
-                n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None],
-                                                     method="repaint", seed=0, **rp))),
-            f"difflab DDNM mean of {a.inpaint_samples} ({a.inpaint_samples * a.ddnm_steps} NFE)": (
-                n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None], method="ddnm",
-                                                     steps=a.ddnm_steps, seed=0, samples=a.inpaint_samples))),
-            f"difflab RePaint mean of {a.inpaint_samples} ({a.inpaint_samples * rp_nfe} NFE)": (
-                n_sub, lambda: ctx.from_data(inpaint(model, ctx.to_data(known[:n_sub]), m[:n_sub, None],
-                                                     method="repaint", seed=0, samples=a.inpaint_samples, **rp))),
+                n_sub, lambda: fill(n_sub, **rp)),
+            f"difflab DDNM mean of {k_fills} ({k_fills * a.ddnm_steps} NFE)": (
+                n_sub, lambda: fill(n_sub, samples=k_fills, **ddnm)),
+            f"difflab RePaint mean of {k_fills} ({k_fills * rp_nfe} NFE)": (
+                n_sub, lambda: fill(n_sub, samples=k_fills, **rp)),
             "biharmonic (scikit-image)": (n, lambda: biharmonic(known, m)),
             "Telea (OpenCV, radius 3)": (n, lambda: telea(known, m)),
             "masked input (zeros)": (n, lambda: known),

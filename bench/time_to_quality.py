@@ -34,8 +34,9 @@ Decisions:
   ``callback``: after each step the callback reads the training time (``TrainProgress.elapsed_s``, from
   difflab's first step, minus the time the callback itself spent on snapshots), saves the EMA weights as a
   loadable run folder (``config.json`` + a checkpoint holding only ``ema``) at each mark, and returns True to
-  stop once the budget is spent (the same as ``train.max_minutes``, but with the snapshot time excluded). Everything else difflab does during training (metrics.csv with an fsync every
-  10 steps, its own checkpoints every 500 steps) stays on the clock. If the default 2000 steps finish before
+  stop once the budget is spent (the same as ``train.max_minutes``, but with the snapshot time excluded).
+  Everything else difflab does during training (metrics.csv with an fsync every 10 steps, its own
+  checkpoints every 500 steps) stays on the clock. If the default 2000 steps finish before
   the budget, a final snapshot is taken there and the curve ends; later minutes in the table then show that
   final model (marked), because that is what difflab's defaults give you at that time.
 * Data: the 8000 MNIST IDX digits of ../shared/data/mnist (there is no MNIST test file there: those 8000 are

@@ -328,11 +328,10 @@ def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, ema: bool
     weights = load_tensors(ckpt, "ema" if ema else "model")
     try:
         missing, unexpected = denoiser.load_state_dict(weights, strict=False)
-        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        problem = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else None
     except RuntimeError as e:  # the same names with other shapes
-        missing, unexpected = ["?"], []
         problem = "tensor shapes differ: " + " ".join(str(e).split())[:160]
-    if missing or unexpected:
+    if problem:
         hint = ""
         if not cfg.model.params:  # a run from before presets were pinned (see pin_architecture)
             preset = auto_backbone(cfg, data_info)[1]
