@@ -8,7 +8,8 @@ checks are made here, on other data, so that the check stays honest:
   bench/class_conditional.py write it), cut 50 / 50 again: the model of digit d sees half of the class-d
   training digits, and the dev test set is the other half plus ``--n-other`` training digits of other
   classes;
-* ``--data breast_cancer | wine | gmm8d-box``: tables (see ``tabular``); ``--digits`` are then split seeds.
+* ``--data breast_cancer | wine | gmm8d-box | digits-table``: tables (see ``tabular``); ``--digits`` are then
+  split seeds (digits-table: the normal class).
 
 Images: for each digit d, train a difflab model (default config, ``--steps`` steps of ``--batch-size``) on
 the class-d images of the first part, then score the dev test set (anomaly = not d) with
@@ -35,15 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TABULAR = ("breast_cancer", "wine", "gmm8d-box")
+TABULAR = ("breast_cancer", "wine", "gmm8d-box", "digits-table")
 
 
 def tabular(args) -> None:
     """Semi-supervised tabular dev sets (as bench/tasks_anomaly.py's ADBench protocol: fit on the normal rows
     of a stratified 70% split, score the other 30%), from data bundled with scikit-learn or difflab:
     breast_cancer (malignant = anomaly), wine (classes 1 and 2 = anomaly), gmm8d-box (difflab's gmm8d
-    mixture, 2,000 normal rows, against 100 rows uniform in its bounding box)."""
-    from sklearn.datasets import load_breast_cancer, load_wine
+    mixture, 2,000 normal rows, against 100 rows uniform in its bounding box), digits-table (scikit-learn's
+    8x8 digits as 64-column rows: normal = the digits of one class, anomalies = half as many rows drawn from
+    the other classes; here ``--digits`` are the normal classes and the split seed is the digit)."""
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine
     from sklearn.ensemble import IsolationForest
     from sklearn.model_selection import train_test_split
 
@@ -56,12 +59,19 @@ def tabular(args) -> None:
     elif args.data == "wine":
         x, y = load_wine(return_X_y=True)
         y = (y != 0).astype(int)
+    elif args.data == "digits-table":
+        x_all, y_all = load_digits(return_X_y=True)
     else:
         normal = synthetic("gmm8d").sample(2000, 0).numpy()
         lo, hi = normal.min(0), normal.max(0)
         odd = np.random.default_rng(0).uniform(lo, hi, size=(100, normal.shape[1]))
         x, y = np.concatenate([normal, odd]), np.r_[np.zeros(2000, int), np.ones(100, int)]
-    for seed in args.digits:  # tabular: --digits are the split seeds
+    for seed in args.digits:  # tabular: --digits are the split seeds (digits-table: the normal digit too)
+        if args.data == "digits-table":
+            rng = np.random.default_rng(seed)
+            normal, other = x_all[y_all == seed], x_all[y_all != seed]
+            odd = other[rng.choice(len(other), len(normal) // 2, replace=False)]
+            x, y = np.concatenate([normal, odd]), np.r_[np.zeros(len(normal), int), np.ones(len(odd), int)]
         x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
         x_fit = x_tr[y_tr == 0].astype(np.float32)
         det = DiffusionDetector(seed=seed, **({"steps": args.steps} if args.steps_given else {})).fit(x_fit)
@@ -81,11 +91,11 @@ def tabular(args) -> None:
 
 
 def report(dirs: list[Path]) -> None:
-    """AUROC of IsolationForest and of the mean / profile of the default five levels, per saved split."""
+    """AUROC of IsolationForest and of the mean / geometric mean / profile of the default five levels, per split."""
     from difflab.anomaly import LEVEL_FACTORS, Calibration, auroc_auprc
 
     for folder in dirs:
-        rows = {"IsolationForest": [], "mean of 5 levels": [], "profile of 5 levels": []}
+        rows = {"IsolationForest": [], "mean of 5 levels": [], "geometric of 5 levels": [], "profile of 5 levels": []}
         names = []
         for path in sorted(folder.glob("errors_*.npz")):
             d = np.load(path)
@@ -94,12 +104,14 @@ def report(dirs: list[Path]) -> None:
             cal = Calibration.fit(LEVEL_FACTORS, ref)
             normalised = test.double() / cal.scale
             rows["IsolationForest"].append(auroc_auprc(d["iforest"], d["labels"])[0])
-            rows["mean of 5 levels"].append(auroc_auprc(normalised.mean(1), d["labels"])[0])
-            rows["profile of 5 levels"].append(auroc_auprc(cal.profile_distance(normalised), d["labels"])[0])
+            combined = {"mean": normalised.mean(1), "geometric": normalised.log().mean(1),  # log of the geometric mean
+                        "profile": cal.profile_distance(normalised)}
+            for combine, score in combined.items():
+                rows[f"{combine} of 5 levels"].append(auroc_auprc(score, d["labels"])[0])
             names.append(path.stem.split("_")[-1])
         print(f"{folder} ({', '.join(names)}):")
         for name, values in rows.items():
-            print(f"  {name:20s} mean {np.mean(values):.4f}  " + " / ".join(f"{v:.3f}" for v in values))
+            print(f"  {name:22s} mean {np.mean(values):.4f}  " + " / ".join(f"{v:.3f}" for v in values))
 
 
 def main() -> None:

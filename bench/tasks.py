@@ -91,14 +91,20 @@ def train_run(data_file: Path, run: Path, minutes: float, extra: list[str], log:
 
 
 def run_info(run: Path) -> dict:
-    """Steps reached and training minutes, from the run's metrics.csv; preset and batch from config.json."""
+    """Steps reached and training minutes, from the run's metrics.csv; preset and batch from config.json.
+
+    ``elapsed_s`` counts from the start of each ``difflab train`` call, so a resumed run's minutes are the
+    sum of the last ``elapsed_s`` of every call (a drop in ``elapsed_s`` starts a new call)."""
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     last = dict(zip(rows[0].split(","), rows[-1].split(","))) if len(rows) > 1 else {}
+    col = rows[0].split(",").index("elapsed_s") if len(rows) > 1 else 0
+    elapsed = [float(r.split(",")[col]) for r in rows[1:]]
+    seconds = sum(a for a, b in zip(elapsed, elapsed[1:] + [0.0]) if b < a)
     cfg = json.loads((run / "config.json").read_text())
     c = cfg.get("config", cfg)
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir()) if (run / "checkpoints").exists() else []
     return {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
-            "steps": int(last.get("step", 0)), "minutes": round(float(last.get("elapsed_s", 0)) / 60, 2),
+            "steps": int(last.get("step", 0)), "minutes": round(seconds / 60, 2),
             "backbone": c["model"]["backbone"], "preset": c["model"]["preset"],
             "resolved": cfg.get("resolved", {}), "batch_size": c["train"]["batch_size"],
             "max_minutes": c["train"]["max_minutes"], "checkpoint": ckpts[-1] if ckpts else None}

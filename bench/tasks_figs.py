@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image, ImageDraw
 
 CELL = 84  # pixels per image cell
 LABEL_W = 150
+HEAD_H = 30  # two lines of column header, each at most 14 characters (PIL's default font fits ~14 in a cell)
 
 
 def _tile(x01: np.ndarray) -> Image.Image:
@@ -18,12 +20,13 @@ def _tile(x01: np.ndarray) -> Image.Image:
 
 def _grid(rows: list[tuple[str, list[np.ndarray]]], header: list[str], path: Path) -> None:
     ncol = max(len(r[1]) for r in rows)
-    canvas = Image.new("L", (LABEL_W + ncol * (CELL + 4), 18 + len(rows) * (CELL + 4)), 255)
+    canvas = Image.new("L", (LABEL_W + ncol * (CELL + 4), HEAD_H + len(rows) * (CELL + 4)), 255)
     draw = ImageDraw.Draw(canvas)
     for j, h in enumerate(header):
-        draw.text((LABEL_W + j * (CELL + 4) + 2, 3), h[:14], fill=0)
+        for k, line in enumerate(textwrap.wrap(h, 14, break_long_words=True)[:2]):
+            draw.text((LABEL_W + j * (CELL + 4) + 2, 3 + 12 * k), line, fill=0)
     for i, (label, ims) in enumerate(rows):
-        y = 18 + i * (CELL + 4)
+        y = HEAD_H + i * (CELL + 4)
         for k, line in enumerate(label.split("\n")):
             draw.text((4, y + 4 + 12 * k), line, fill=0)
         for j, im in enumerate(ims):

@@ -60,7 +60,7 @@ def test_oracle_scores_separate_outliers(mixture_case, score):
 def test_recon_with_reverse_runs(mixture_case):
     _, model, x, labels = mixture_case
     # a full reverse run from a level far above the data scale draws a fresh sample: keep levels <= sigma_data
-    res = anomaly_scores(model, x, score="recon", reverse_steps=4, draws=1, levels=(0.1, 0.3, 1.0))
+    res = anomaly_scores(model, x, score="recon", reverse_steps=4, draws=2, levels=(0.1, 0.3, 1.0))  # 1.0 for seeds 0-7
     assert auroc_auprc(res.scores, labels)[0] >= 0.97
 
 
@@ -80,6 +80,19 @@ def test_elbo_scores_bound_true_nll_on_average(mixture_case):
     true_nll = -mix.log_prob(x[:48], model.sigma_min).double()
     se_mean = float(res.stderr.pow(2).sum().sqrt()) / 48
     assert abs(float(res.scores.mean() - true_nll.mean())) <= 3 * se_mean + 1e-3  # tight for the exact D
+
+
+def test_recon_scores_do_not_depend_on_the_batching(mixture_case):
+    """Sample i's recon noise comes from its own generator (seed + i): the same scores in batches of 7 as in
+    one batch, and the rows from k on, scored alone with seed + k, get their scores from the full call."""
+    _, model, x, _ = mixture_case
+    full = anomaly_scores(model, x, score="recon", seed=3)
+    small = anomaly_scores(model, x, score="recon", seed=3, batch_size=7)
+    assert torch.allclose(small.per_level, full.per_level, rtol=1e-5, atol=1e-9)
+    tail = anomaly_scores(model, x[10:], score="recon", seed=13)
+    assert torch.allclose(tail.scores, full.scores[10:], rtol=1e-5, atol=1e-9)
+    other = anomaly_scores(model, x, score="recon", seed=4)  # and the seed does matter
+    assert not torch.allclose(other.per_level, full.per_level, rtol=1e-3)
 
 
 def test_recon_reference_calibration_and_reuse(mixture_case):

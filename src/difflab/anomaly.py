@@ -67,6 +67,7 @@ import torch
 from torch import Tensor
 
 from .elbo import elbo
+from .generate import PerSampleNoise
 from .likelihood import log_likelihood
 from .model import check_class_labels
 
@@ -153,16 +154,17 @@ def _cond(model, labels: Tensor | None, n: int) -> dict:
     return {"class_labels": labels.to(model.device)}
 
 
-def _recon_errors(model, z: Tensor, levels, draws: int, reverse_steps: int, g: torch.Generator,
+def _recon_errors(model, z: Tensor, levels, draws: int, reverse_steps: int, noise: PerSampleNoise,
                   cond: dict) -> Tensor:
-    """Squared reconstruction error per element, mean over draws: (L, N, *shape), model space."""
+    """Squared reconstruction error per element, mean over draws: (L, N, *shape), model space. ``noise``
+    holds one generator per sample, so a sample's draws do not depend on the batch it is scored in."""
     from .sampling import get_sampler, get_sigmas
 
     out = []
     for sigma in levels:
         total = torch.zeros_like(z)
         for _ in range(draws):
-            eps = torch.randn(z.shape, generator=g).to(z.device, z.dtype)
+            eps = noise.randn()
             noisy = z + sigma * eps
             if reverse_steps > 0:
                 grid = get_sigmas("karras", reverse_steps, sigma_min=min(model.sigma_min, sigma / 2),
@@ -215,7 +217,10 @@ def anomaly_scores(
         combine: recon: "profile" (Mahalanobis distance of the log error profile to the reference's; needs
             ``reference`` or a fitted ``calibration``), "mean" (average of the normalised errors), or
             "auto": "profile" for images with reference data, else "mean" (module docstring).
-        seed: seeds every random draw (noise, Hutchinson probes).
+        seed: seeds every random draw. recon: sample i's noise comes from its own generator seeded
+            ``seed + i`` (``generate.PerSampleNoise``), so its score does not depend on ``batch_size`` or on
+            the samples scored with it; elbo / nll draw from one generator seeded ``seed`` (noise levels,
+            Hutchinson probes), so their Monte Carlo draws do depend on the batching.
         batch_size: samples per denoiser batch.
         class_labels: for a class-conditional model, one label or one per sample; default the
             unconditional branch (label ``num_classes``).
@@ -276,7 +281,8 @@ def anomaly_scores(
         cond = _cond(model, None if labels is None else labels[sl], z.shape[0])
         if score == "recon":
             with torch.no_grad():
-                err = _recon_errors(model, z, levels, draws or 4, reverse_steps, g, cond).double().cpu()
+                noise = PerSampleNoise(range(seed + start, seed + start + z.shape[0]), model.shape, z.device, z.dtype)
+                err = _recon_errors(model, z, levels, draws or 4, reverse_steps, noise, cond).double().cpu()
             err = err / scale.reshape(-1, *([1] * (err.ndim - 1)))
             per_level.append(err.flatten(2).mean(2).T)
             scores.append(cal.profile_distance(per_level[-1]) if combine == "profile" else per_level[-1].mean(1))
