@@ -281,7 +281,8 @@ def anomaly_scores(
         cond = _cond(model, None if labels is None else labels[sl], z.shape[0])
         if score == "recon":
             with torch.no_grad():
-                noise = PerSampleNoise(range(seed + start, seed + start + z.shape[0]), model.shape, z.device, z.dtype)
+                seeds = range(seed + start, seed + start + z.shape[0])
+                noise = PerSampleNoise(seeds, model.shape, z.device, z.dtype)
                 err = _recon_errors(model, z, levels, draws or 4, reverse_steps, noise, cond).double().cpu()
             err = err / scale.reshape(-1, *([1] * (err.ndim - 1)))
             per_level.append(err.flatten(2).mean(2).T)

@@ -361,7 +361,8 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
     ip.add_argument("--method", choices=INPAINT_METHODS, default="repaint")
     ip.add_argument("--steps", type=positive_int("--steps", 10_000), default=None,
                     help="sigma grid steps (default: 250 for repaint, 100 for ddnm)")
-    ip.add_argument("--jump-length", type=positive_int("--jump-length"), default=None, help="RePaint's j (10); ddnm: time-travel jump (5 did best on digits)")
+    ip.add_argument("--jump-length", type=positive_int("--jump-length"), default=None,
+                    help="RePaint's j (10); ddnm: the time-travel jump (5 did best on digits)")
     ip.add_argument("--resamplings", type=positive_int("--resamplings"), default=None,
                     help="RePaint's r (10); for ddnm > 1 turns on time travel")
     ip.add_argument("--eta", type=float_in("--eta", 0.0, 1.0), default=None,
