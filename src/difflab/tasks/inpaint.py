@@ -27,7 +27,7 @@ descending sigma grid s_0 > ... > s_N = 0:
   DDNM+'s time-travel (Sec. 3.3) reuses the jump schedule above with ``resamplings > 1`` (default 1: off).
   On held-out MNIST digits with 80% of the pixels missing and the same model, this step gave 15.6 dB on the
   filled pixels against 11.3 dB for a DDIM eq. 16 step with the same eta (32 digits; bench/tasks.py, with
-  a longer-trained model, reports 15.9 dB on 100, docs/benchmarks.md).
+  a 4,000-step model, reports 16.0 dB on 100, docs/benchmarks.md).
 
 Neither method samples the exact conditional p(x_fill | x_keep) on a finite grid. On the correlated 4-D
 Gaussian of tests/test_inpaint.py (conditioning moves the fill mean by ~0.24 and shrinks its variances by
