@@ -17,7 +17,8 @@ the class-d images of the first part, then score the dev test set (anomaly = not
 training images (the reference a detector would use). Per-level raw errors are saved to
 ``OUT/errors_d.npz`` with the labels and IsolationForest's scores on the same split, and the AUROC of each
 level alone is printed. ``--report DIR ...`` then compares the ways to combine the default five levels on
-the saved errors, through the library's own ``Calibration`` (combine "mean" and "profile").
+the saved errors, through the library's own ``Calibration`` (combine "mean" and "profile", and the
+geometric mean of the levels, which the library does not offer: tried for tables and not adopted).
 
     python bench/anomaly_dev.py --out bench/out/anomaly_dev --digits 0 1 2 3 4
     python bench/anomaly_dev.py --data mnist-train --out bench/out/anomaly_dev_mnist --digits 2 5 8 \
