@@ -280,6 +280,11 @@ def test_denoise_image_model_runs_in_data_units():
     # Per-sample seeds: a sample's draws do not depend on the rest of the batch.
     part = denoise(model, y[:2], "auto", method="posterior", steps=3, samples=2, sigma_estimator="mad")
     torch.testing.assert_close(part.x0, auto.x0[:2], rtol=1e-4, atol=1e-4)
+    # batch_size counts rows, draws included: batches of 3 rows hold one input with its 2 draws.
+    rows3 = denoise(model, y, "auto", method="posterior", steps=3, samples=2, sigma_estimator="mad", batch_size=3)
+    torch.testing.assert_close(rows3.x0, auto.x0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="^samples: must be an integer >= 1"):
+        denoise(model, y, 0.1, samples=0)
 
 
 def test_denoise_maps_units_exactly():

@@ -353,6 +353,11 @@ def test_inpaint_batches_and_guidance():
     )
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)  # same noise; MLP summation order only
     assert torch.equal(whole[:, [0, 2]], table[:, [0, 2]])
+    # batch_size counts rows, draws included: 3 draws in batches of 4 rows = one input a batch, same fills.
+    avg = inpaint(model, table, mask, method="ddnm", steps=6, samples=3, class_labels=[0, 1, 1])
+    one_each = inpaint(model, table, mask, method="ddnm", steps=6, samples=3, class_labels=[0, 1, 1], batch_size=4)
+    torch.testing.assert_close(one_each, avg, rtol=0, atol=1e-5)
+    assert not torch.allclose(avg, whole)
 
 
 def test_inpaint_validation():

@@ -177,6 +177,21 @@ def _recon_errors(model, z: Tensor, levels, draws: int, reverse_steps: int, nois
     return torch.stack(out)
 
 
+def _recon_batches(model, x: Tensor, labels: Tensor | None, levels, draws: int, reverse_steps: int, seed: int,
+                   batch_size: int, progress: bool):
+    """Yield the raw squared errors (L, B, *shape) (float64, CPU, model space) of ``x`` (data units) batch by
+    batch; sample i draws its noise from a generator seeded ``seed + i``, whatever the batching."""
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, x.shape[0], batch_size), desc="anomaly (recon)", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        z = model.normalize(x[sl]).to(model.device)
+        cond = _cond(model, None if labels is None else labels[sl], z.shape[0])
+        noise = PerSampleNoise(range(seed + start, seed + start + z.shape[0]), model.shape, z.device, z.dtype)
+        with torch.no_grad():
+            yield _recon_errors(model, z, levels, draws, reverse_steps, noise, cond).double().cpu()
+
+
 def _gaussian_scale(model, levels) -> Tensor:
     """Expected error per element at each level (L,) for data N(0, sigma_data^2)."""
     sd = float(getattr(model.denoiser, "sigma_data", 1.0))
@@ -262,9 +277,9 @@ def anomaly_scores(
         cal = calibration
     elif score == "recon" and reference is not None:  # the reference's raw errors, then their statistics
         ref = _as_samples(model, reference, "reference")
-        ref_res = anomaly_scores(model, ref, score="recon", levels=levels, draws=draws, combine="mean",
-                                 reverse_steps=reverse_steps, seed=seed + 1, batch_size=batch_size)
-        cal = Calibration.fit(levels, ref_res.per_level * ref_res.calibration.scale)
+        raw = [err.flatten(2).mean(2).T for err in _recon_batches(
+            model, ref, None, levels, draws or 4, reverse_steps, seed + 1, batch_size, progress=False)]
+        cal = Calibration.fit(levels, torch.cat(raw))
     elif score == "recon":
         cal = Calibration(levels, _gaussian_scale(model, levels))
     if score == "recon":
@@ -275,30 +290,28 @@ def anomaly_scores(
         scale = cal.scale
 
     scores, maps, per_level, stderr = [], [], [], []
-    for start in tqdm(range(0, n, batch_size), desc=f"anomaly ({score})", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        z = model.normalize(x[sl]).to(model.device)
-        cond = _cond(model, None if labels is None else labels[sl], z.shape[0])
-        if score == "recon":
-            with torch.no_grad():
-                seeds = range(seed + start, seed + start + z.shape[0])
-                noise = PerSampleNoise(seeds, model.shape, z.device, z.dtype)
-                err = _recon_errors(model, z, levels, draws or 4, reverse_steps, noise, cond).double().cpu()
+    if score == "recon":
+        for err in _recon_batches(model, x, labels, levels, draws or 4, reverse_steps, seed, batch_size, progress):
             err = err / scale.reshape(-1, *([1] * (err.ndim - 1)))
             per_level.append(err.flatten(2).mean(2).T)
             scores.append(cal.profile_distance(per_level[-1]) if combine == "profile" else per_level[-1].mean(1))
             if model.kind == "image":
                 maps.append(err.mean((0, 2)))
-        elif score == "elbo":
-            bound, info = elbo(model.denoiser, z, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                               draws=draws or 64, generator=g, cond=cond)
-            scores.append(bound.double().cpu() - logdet)
-            stderr.append(info["stderr"].double().cpu())
-        else:
-            mode = ("exact" if dims <= 64 else "hutchinson") if trace == "auto" else trace
-            logp, _ = log_likelihood(model.denoiser, z, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
-                                     trace=mode, rtol=rtol, atol=atol, generator=g, cond=cond)
-            scores.append(-(logp.detach().double().cpu() + logdet))
+    else:  # elbo / nll
+        for start in tqdm(range(0, n, batch_size), desc=f"anomaly ({score})", disable=not progress, leave=False):
+            sl = slice(start, start + batch_size)
+            z = model.normalize(x[sl]).to(model.device)
+            cond = _cond(model, None if labels is None else labels[sl], z.shape[0])
+            if score == "elbo":
+                bound, info = elbo(model.denoiser, z, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
+                                   draws=draws or 64, generator=g, cond=cond)
+                scores.append(bound.double().cpu() - logdet)
+                stderr.append(info["stderr"].double().cpu())
+            else:
+                mode = ("exact" if dims <= 64 else "hutchinson") if trace == "auto" else trace
+                logp, _ = log_likelihood(model.denoiser, z, sigma_min=model.sigma_min, sigma_max=model.sigma_max,
+                                         trace=mode, rtol=rtol, atol=atol, generator=g, cond=cond)
+                scores.append(-(logp.detach().double().cpu() + logdet))
     return AnomalyResult(
         scores=torch.cat(scores), score=score,
         maps=torch.cat(maps) if maps else None,

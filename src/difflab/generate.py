@@ -28,6 +28,13 @@ class PerSampleNoise:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.shape, self.device, self.dtype, self.draws = tuple(shape), device, dtype, draws
 
+    def subset(self, inputs: list[int]) -> PerSampleNoise:
+        """The noise of inputs ``inputs`` only: their generators, shared (drawing from the subset advances
+        them here too), so a group of inputs run on its own draws what it would in any batch."""
+        out = PerSampleNoise([], self.shape, self.device, self.dtype, self.draws)
+        out.generators = [self.generators[i] for i in inputs]
+        return out
+
     def randn(self) -> Tensor:
         x = torch.stack([torch.randn((self.draws, *self.shape), generator=g) for g in self.generators])
         return x.reshape(-1, *self.shape).to(device=self.device, dtype=self.dtype)

@@ -185,9 +185,12 @@ def denoise_latent(
         if float(grid[-1]) != 0.0:
             raise ValueError("sigmas: the grid must end in 0")
         cond_g = _select_cond(cond, group.repeat_interleave(k), n)
+        if isinstance(full_noise, PerSampleNoise):  # only this group's generators advance
+            group_noise = full_noise.subset(group.tolist())
+        else:
 
-        def group_noise(a: float, b: float, rows: Tensor = rows) -> Tensor:
-            return full_noise(a, b)[rows]
+            def group_noise(a: float, b: float, rows: Tensor = rows) -> Tensor:
+                return full_noise(a, b)[rows]
 
         draws[rows] = fn(
             denoiser, y_rep[rows], grid, cond=cond_g, noise=group_noise, progress=progress, **options
@@ -391,9 +394,13 @@ def denoise(
     ``sigma_units="model"`` instead takes sigma as an isotropic level in model space (for tables: in units
     of each column's standard deviation).
 
+    ``batch_size`` counts denoiser rows: with ``method="posterior"`` each input brings its ``samples`` draws,
+    so a batch holds ``batch_size // samples`` inputs (at least one).
+
     ``method``, ``samples``, ``sampler``: see :func:`denoise_latent`; ``steps`` defaults to the run's
     ``sample.steps``. Randomness (posterior draws, tabular top-up noise) is seeded per sample with
-    ``seed + i``, so results do not depend on the batch. ``clip`` clamps images to the value range.
+    ``seed + i``, so results do not depend on the batch; only the ``"ml"`` estimate's divergence probes
+    come from one generator per batch (seeded ``seed`` + the batch's first index). ``clip`` clamps images to the value range.
     Returns a :class:`DenoiseResult` (float32, on the CPU); its ``sigma`` is in ``sigma_units``.
     """
     if sigma_units not in SIGMA_UNITS:
@@ -403,6 +410,8 @@ def denoise(
         raise ValueError(f"sigma_estimator: must be one of {names}, got {sigma_estimator!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples: must be an integer >= 1, got {samples!r}")
     y = _check_images(model, y)
     n = y.shape[0]
     labels = check_class_labels(model, class_labels, n)
@@ -416,9 +425,10 @@ def denoise(
         "sigma_min": model.sigma_min,
         "sigma_max": model.sigma_max,
     }
+    per_batch = max(1, batch_size // samples) if method == "posterior" else batch_size  # rows = inputs x samples
     dev, out = model.device, []
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
+    for start in range(0, n, per_batch):
+        stop = min(n, start + per_batch)
         zb, sb = z[start:stop].to(dev), s_model[start:stop]
         cond = None if labels is None else {"class_labels": labels[start:stop].to(dev)}
         if refine:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..model import check_class_labels
 from ..sampling._core import (
     Callback,
     Denoiser,
@@ -68,7 +69,6 @@ from ..sampling._core import (
     sigma_list,
     step_range,
 )
-from ..model import check_class_labels
 from ..sampling.ddim import ddim_step
 
 METHODS = ("repaint", "ddnm")
@@ -341,7 +341,9 @@ def inpaint(
             plausible fill; the average of K draws approaches the posterior mean E[x_fill | x_keep], the
             fill with the least expected squared error (so the best PSNR), blurred where the draws
             disagree. The K draws of input i all come from its own generator, seeded ``seed + i``.
-        batch_size: inputs per denoiser batch (each with its ``samples`` draws: batch_size x samples rows).
+        batch_size: rows per denoiser batch, counting each input's ``samples`` draws (so
+            ``batch_size // samples`` inputs a batch, at least one). Past a few hundred rows a CPU batch gets
+            slower per row (the MNIST UNet on one core: 4.8 ms a row at 100 rows, 6.8 ms at 800).
         **options: ``jump_length``, ``resamplings``, ``eta`` of :func:`inpaint_latent`.
 
     Returns:
@@ -379,9 +381,10 @@ def inpaint(
     sigmas = model.sigmas(steps, schedule).to(model.device)
     batch_size = _check_int("batch_size", batch_size, 1)
     k = _check_int("samples", samples, 1)
+    per_batch = max(1, batch_size // k)  # inputs per denoiser batch of at most batch_size rows
     out = []
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
+    for start in range(0, n, per_batch):
+        stop = min(n, start + per_batch)
         known = model.normalize(torch.where(fill[start:stop], 0.0, x[start:stop])).to(model.device)
         # Input i's k draws are rows i*k .. i*k+k-1, all from input i's own generator.
         noise = PerSampleNoise(list(range(seed + start, seed + stop)), shape, device=model.device, draws=k)
