@@ -8,7 +8,7 @@ checks are made here, on other data, so that the check stays honest:
   bench/class_conditional.py write it), cut 50 / 50 again: the model of digit d sees half of the class-d
   training digits, and the dev test set is the other half plus ``--n-other`` training digits of other
   classes;
-* ``--data breast_cancer | wine | gmm8d-box | digits-table``: tables (see ``tabular``); ``--digits`` are then
+* ``--data breast_cancer | wine | gmm8d-box | gmm8d-box-int | digits-table``: tables (see ``tabular``); ``--digits`` are then
   split seeds (digits-table: the normal class).
 
 Images: for each digit d, train a difflab model (default config, ``--steps`` steps of ``--batch-size``) on
@@ -37,14 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TABULAR = ("breast_cancer", "wine", "gmm8d-box", "digits-table")
+TABULAR = ("breast_cancer", "wine", "gmm8d-box", "gmm8d-box-int", "digits-table")
 
 
 def tabular(args) -> None:
     """Semi-supervised tabular dev sets (as bench/tasks_anomaly.py's ADBench protocol: fit on the normal rows
     of a stratified 70% split, score the other 30%), from data bundled with scikit-learn or difflab:
     breast_cancer (malignant = anomaly), wine (classes 1 and 2 = anomaly), gmm8d-box (difflab's gmm8d
-    mixture, 2,000 normal rows, against 100 rows uniform in its bounding box), digits-table (scikit-learn's
+    mixture, 2,000 normal rows, against 100 rows uniform in its bounding box; gmm8d-box-int: the same rounded
+    to a lattice of half the normal rows' std per column, integer-valued like breastw), digits-table (scikit-learn's
     8x8 digits as 64-column rows: normal = the digits of one class, anomalies = half as many rows drawn from
     the other classes; here ``--digits`` are the normal classes and the split seed is the digit)."""
     from sklearn.datasets import load_breast_cancer, load_digits, load_wine
@@ -67,6 +68,8 @@ def tabular(args) -> None:
         lo, hi = normal.min(0), normal.max(0)
         odd = np.random.default_rng(0).uniform(lo, hi, size=(100, normal.shape[1]))
         x, y = np.concatenate([normal, odd]), np.r_[np.zeros(2000, int), np.ones(100, int)]
+        if args.data == "gmm8d-box-int":  # integer features on a coarse lattice: 2 steps per normal std
+            x = np.round(x / (0.5 * normal.std(0)))
     for seed in args.digits:  # tabular: --digits are the split seeds (digits-table: the normal digit too)
         if args.data == "digits-table":
             rng = np.random.default_rng(seed)
@@ -75,7 +78,8 @@ def tabular(args) -> None:
             x, y = np.concatenate([normal, odd]), np.r_[np.zeros(len(normal), int), np.ones(len(odd), int)]
         x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
         x_fit = x_tr[y_tr == 0].astype(np.float32)
-        det = DiffusionDetector(seed=seed, **({"steps": args.steps} if args.steps_given else {})).fit(x_fit)
+        det = DiffusionDetector(seed=seed, **({"steps": args.steps} if args.steps_given else {}),
+                                **args.detector_args).fit(x_fit)
         sd = float(det.model_.denoiser.sigma_data)
         levels = [f * sd for f in args.levels]
         raw = {}
@@ -128,12 +132,15 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=None, help="noise draws per level (default: images 2, tables 4)")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--detector-args", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="tables: extra DiffusionDetector keyword arguments, e.g. dequantize=integers")
     ap.add_argument("--report", type=Path, nargs="+", default=None,
                     help="only compare the combinations on the errors saved in these folders")
     args = ap.parse_args()
     if args.report:
         return report(args.report)
     args.steps_given = args.steps is not None
+    args.detector_args = dict(item.split("=", 1) for item in args.detector_args)
     args.steps = args.steps or 600
     torch.set_num_threads(args.threads)
 

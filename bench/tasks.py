@@ -18,7 +18,7 @@ but the last 1000; 7000 for MNIST) and a held-out test part; nothing is ever eva
   PSNR on [0, 1] (mean over images) and wall time.
 * inpaint: centre square (half the side), right half, and 80% of the pixels missing at random (a fresh
   mask per image). difflab RePaint (Lugmayr et al. 2022) and DDNM (Wang et al. 2023), one fill each and the
-  mean of ``--inpaint-samples`` fills (``inpaint(..., samples=K)``, the posterior-mean estimate), against biharmonic
+  mean of ``--inpaint-samples`` fills, and PiGDM (Song et al. 2023, one fill) (``inpaint(..., samples=K)``, the posterior-mean estimate), against biharmonic
   inpainting (Damelin & Hoang 2018, scikit-image) and Telea's fast marching (Telea 2004, OpenCV, radius 3).
   PSNR on the filled pixels, and the accuracy of an independent CNN classifier (trained here on the
   training split, not a diffusion model) on the inpainted images against the true labels.
@@ -370,6 +370,7 @@ def part_inpaint(ctx: Context) -> dict:
     hw = clean.shape[-1]
     rng = np.random.default_rng(3)
     ddnm = {"method": "ddnm", "steps": a.ddnm_steps}
+    pigdm = {"method": "pigdm", "steps": a.pigdm_steps}
     rp = {"method": "repaint", "steps": a.repaint_steps, "jump_length": a.repaint_j, "resamplings": a.repaint_r}
     rp_nfe = nfe("repaint", a.repaint_steps, a.repaint_j, a.repaint_r)
     k_fills = a.inpaint_samples
@@ -384,6 +385,7 @@ def part_inpaint(ctx: Context) -> dict:
 
         methods = {
             f"difflab DDNM ({a.ddnm_steps} steps, {a.ddnm_steps} NFE)": (n, lambda: fill(n, **ddnm)),
+            f"difflab PiGDM ({a.pigdm_steps} steps, {a.pigdm_steps} NFE + backward)": (n, lambda: fill(n, **pigdm)),
             f"difflab RePaint ({a.repaint_steps} steps, j={a.repaint_j}, r={a.repaint_r}: {rp_nfe} NFE)": (
                 n_sub, lambda: fill(n_sub, **rp)),
             f"difflab DDNM mean of {k_fills} ({k_fills * a.ddnm_steps} NFE)": (
@@ -444,6 +446,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-inpaint", type=int, default=None, help="held-out images for inpainting (default --n-eval)")
     p.add_argument("--posterior-steps", type=int, default=None, help="denoise posterior grid (default: the run's)")
     p.add_argument("--ddnm-steps", type=int, default=100)
+    p.add_argument("--pigdm-steps", type=int, default=100)
     p.add_argument("--repaint-steps", type=int, default=100)
     p.add_argument("--repaint-j", type=int, default=10)
     p.add_argument("--repaint-r", type=int, default=5)
@@ -464,6 +467,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.n_eval, args.n_costly = min(args.n_eval, 40), min(args.n_costly, 16)
         args.ddnm_steps, args.repaint_steps, args.repaint_j, args.repaint_r = 20, 20, 5, 2
+        args.pigdm_steps = 20
         args.oc_digits, args.oc_minutes, args.seeds = args.oc_digits[:2], 0.3, 1
         args.ad_sets = args.ad_sets[:1]
     torch.set_num_threads(args.threads)

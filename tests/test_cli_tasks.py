@@ -65,7 +65,8 @@ def test_inpaint_npz_batch_and_mask_shape_error(runs, tmp_path, capsys):
     rc = main(["inpaint", str(runs / "digits"), "--image", str(tmp_path / "x.npy"), "--mask", str(tmp_path / "m.npy"),
                "--out", str(tmp_path / "o.npz"), "--steps", "6", "--resamplings", "2", "--jump-length", "2"])
     assert rc == 0
-    assert "repaint: 6 steps" in capsys.readouterr().out
+    # the default method, pigdm, with time travel (j = r = 2): 6 + 2 x 1 x 2 calls
+    assert "pigdm: 6 steps = 10 denoiser calls per image, each with a backward pass" in capsys.readouterr().out
     with np.load(tmp_path / "o.npz") as z:
         y = z["x"]
     assert y.shape == x.shape and (tmp_path / "o.png").exists()

@@ -9,7 +9,7 @@ import torch
 import difflab
 from difflab.checkpoint import find_checkpoint, list_checkpoints, verify_checkpoint
 from difflab.config import config_from_dict
-from difflab.data import load_data, synthetic
+from difflab.data import Dataset, Normalizer, load_data, synthetic
 from difflab.errors import CheckpointError, DifflabError
 from difflab.runlock import RunLock
 from difflab.training import DataOrder, learning_rate, train
@@ -358,3 +358,43 @@ def test_resuming_a_class_conditional_run_on_unlabelled_data_is_refused(tmp_path
     assert unlabelled.labels is None
     with pytest.raises(ConfigError, match="class_conditional"):
         train(cfg.replace("train", steps=4), unlabelled, tmp_path, resume=True, progress=False)
+
+
+def test_dequantization_width_finds_integer_columns_and_images():
+    from difflab.training import dequantization_width
+
+    table = torch.tensor([[1.0, 0.5, 3.0], [2.0, 1.5, -4.0], [7.0, 2.0, 0.0]])
+    width = dequantization_width(table, Normalizer("tabular", [0.0, 0.0, 1.0], [2.0, 1.0, 4.0]))
+    torch.testing.assert_close(width, torch.tensor([0.5, 0.0, 0.25]))  # 1 / scale where integer, else 0
+    assert dequantization_width(table[:, 1:2] + 0.25, Normalizer.identity(1)) is None
+    images = torch.tensor([[[[0.0, 16.0], [3.0, 9.0]]]])
+    assert float(dequantization_width(images, Normalizer.for_range(0, 16))) == pytest.approx(1 / 8)
+    assert dequantization_width(images / 3, Normalizer.for_range(0, 16)) is None
+
+
+def test_dequantized_training_sees_jittered_rows_and_resumes_exactly(tmp_path, monkeypatch):
+    """train.dequantize="integers": every batch is x + u, u ~ U(-1/2, 1/2) (data units) in the integer columns
+    only, drawn from the run's checkpointed generator, so an interrupted run resumes bit for bit."""
+    import difflab.training as training
+
+    rows = torch.randint(0, 5, (300, 2), generator=torch.Generator().manual_seed(0)).float()
+    data = Dataset(x=torch.cat([rows, torch.randn(300, 1)], 1), labels=None, kind="tabular", name="ints")
+    seen = []
+    real = training.accumulate_gradients
+
+    def spy(net, loss_fn, x, *args, **kw):
+        seen.append(x.detach().clone())
+        return real(net, loss_fn, x, *args, **kw)
+
+    monkeypatch.setattr(training, "accumulate_gradients", spy)
+    train(_mlp_cfg(20, dequantize="integers"), data, tmp_path / "full", progress=False)
+    back = difflab.load(tmp_path / "full").normalizer.inverse(torch.cat(seen))  # data units
+    offsets = back - back.round()
+    assert float(offsets[:, :2].abs().max()) <= 0.5 + 1e-5 and float(offsets[:, :2].std()) > 0.25  # U(-.5, .5): 0.29
+    nearest = (back[:, 2:] - data.x[:, 2].reshape(1, -1)).abs().min(1).values
+    assert float(nearest.max()) < 1e-4  # the float column as given (up to the normaliser's round trip)
+    seen.clear()
+    train(_mlp_cfg(20, dequantize="integers"), data, tmp_path / "cut", progress=False, stop_after=15)
+    train(_mlp_cfg(20, dequantize="integers"), data, tmp_path / "cut", resume=True, progress=False)
+    a, b = _all_tensors(tmp_path / "full"), _all_tensors(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -415,7 +415,9 @@ class DiffusionDetector:
         model_params: MLP keyword arguments over the preset, e.g. ``{"hidden": 64, "depth": 2}``.
         run_dir: keep the trained run there (default: a temporary folder, deleted after loading).
         device: "cpu", "cuda" or "auto".
-        **train_overrides: other ``config.TrainCfg`` fields (lr, warmup, ema_decay, ...).
+        **train_overrides: other ``config.TrainCfg`` fields (lr, warmup, ema_decay, ...). Columns whose values
+            are all integers (counts, ratings, 8-bit bands) are trained dequantised, x + U(-1/2, 1/2), as for every
+            table (``dequantize``, default "auto"; ``dequantize="off"`` trains on the lattice as given).
 
     Attributes after fit: ``model_`` (DiffusionModel), ``offset_``, ``threshold_``, ``n_features_in_``,
     ``calibration_`` (recon: the training rows' ``Calibration``, else None).

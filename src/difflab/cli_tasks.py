@@ -178,7 +178,8 @@ def cmd_inpaint(args) -> int:
     if not args.quiet:
         print(f"{args.method}: {steps} steps = {calls * args.samples} denoiser calls per image"
               + (f" ({args.samples} fills averaged)" if args.samples > 1 else "")
-              + (" (x2 with guidance)" if model.num_classes and args.class_label is not None else ""))
+              + (" (x2 with guidance)" if model.num_classes and args.class_label is not None else "")
+              + (", each with a backward pass" if args.method == "pigdm" else ""))
     filled = ip.inpaint(model, inputs.x, mask, method=args.method, steps=steps, seed=args.seed,
                         class_labels=_class_labels(args, model, inputs.x.shape[0]), guidance=args.guidance,
                         samples=args.samples, batch_size=args.batch_size, progress=not args.quiet, **options)
@@ -344,13 +345,14 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
         description="Fill the pixels a mask marks (1 or white = fill, 0 or black = keep); kept pixels are\n"
         "returned exactly as given. --image is a PNG/JPEG, a folder of them, an .npy/.npz batch or an IDX file;\n"
         "--mask is an image or array of the image's shape (one channel, one mask for all, or one per image).\n"
-        "Methods: repaint (Lugmayr et al. 2022, with resampling jumps; 2410 denoiser calls at its defaults)\n"
-        "and ddnm (Wang et al. 2023, null-space projection; 100 calls).",
+        "Methods: pigdm (default; Song et al. 2023, pseudoinverse guidance: 100 calls, each with a backward\n"
+        "pass, ~2.5x DDNM's time; the best fills measured), ddnm (Wang et al. 2023, null-space projection; 100\n"
+        "calls) and repaint (Lugmayr et al. 2022, with resampling jumps; 2410 calls at its defaults).",
         epilog="""examples:
   difflab inpaint runs/digits --image photo.png --mask mask.png --out filled.png
   difflab inpaint runs/digits --image batch.npz --mask centre.npy --out filled.npz --method ddnm
-  difflab inpaint runs/digits --image batch.npz --mask m.npy --out f.npz --steps 100 --resamplings 5
-  difflab inpaint runs/digits --image batch.npz --mask m.npy --out mean.npz --method ddnm --samples 8
+  difflab inpaint runs/digits --image batch.npz --mask m.npy --out f.npz --method repaint --steps 100 --resamplings 5
+  difflab inpaint runs/digits --image batch.npz --mask m.npy --out mean.npz --samples 8
   difflab inpaint runs/digits --image batch.npz --mask m.npy --out f.npz --method ddnm --resamplings 5 --jump-length 5""",
     )
     common(ip)
@@ -358,15 +360,16 @@ def add_task_commands(sub, formatter, positive_int, float_in, device, seed_type)
     ip.add_argument("--mask", required=True, help="mask image or array: 1/white = fill")
     ip.add_argument("--out", required=True, help="output: .png (one image) or .npz (+ a PNG grid beside it); "
                     "tables: .csv or .npz")
-    ip.add_argument("--method", choices=INPAINT_METHODS, default="repaint")
+    ip.add_argument("--method", choices=INPAINT_METHODS, default="pigdm",
+                    help="pigdm (default; the best fills measured), ddnm (cheapest) or repaint")
     ip.add_argument("--steps", type=positive_int("--steps", 10_000), default=None,
-                    help="sigma grid steps (default: 250 for repaint, 100 for ddnm)")
+                    help="sigma grid steps (default: 250 for repaint, 100 for ddnm and pigdm)")
     ip.add_argument("--jump-length", type=positive_int("--jump-length"), default=None,
-                    help="RePaint's j (10); ddnm: the time-travel jump (5 did best on digits)")
+                    help="RePaint's j (10); ddnm/pigdm: the time-travel jump (5 did best on digits)")
     ip.add_argument("--resamplings", type=positive_int("--resamplings"), default=None,
-                    help="RePaint's r (10); for ddnm > 1 turns on time travel")
+                    help="RePaint's r (10); for ddnm/pigdm > 1 turns on time travel")
     ip.add_argument("--eta", type=float_in("--eta", 0.0, 1.0), default=None,
-                    help="ddnm: fraction of fresh noise per step (0.85); repaint: DDIM eta (1)")
+                    help="ddnm/pigdm: fraction of fresh noise per step (0.85); repaint: DDIM eta (1)")
     ip.add_argument("--samples", type=positive_int("--samples", 1024), default=1,
                     help="fills averaged per image (the posterior mean as K grows: best PSNR, blurrier; K x cost)")
     ip.add_argument("--class", type=int, dest="class_label", default=None, help="class for class-conditional runs")

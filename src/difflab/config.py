@@ -76,6 +76,10 @@ class TrainCfg:
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0 = no limit
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1 ...
     sample_grid: int = 64  # images in the samples.png written at the end (0 = none)
+    # "integers": train on x + u, u ~ U(-1/2, 1/2) in data units, fresh every step, in each column (tables) or
+    # for the whole image set whose training values are all integers (uniform dequantisation); "off": as given;
+    # "auto": "integers" for tables, "off" for images (8-bit pixels are a fine lattice; EDM trains on them as is)
+    dequantize: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ _CHOICES = {
     "train.lr_schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.channels_last": ("auto", "on", "off"),
+    "train.dequantize": ("auto", "off", "integers"),
     "loss.sigma_dist": ("lognormal", "log_uniform", "process"),
     "loss.weighting": ("edm", "min_snr", "likelihood", "uniform"),
     "model.prediction": ("edm", "eps", "x0", "v"),
@@ -194,7 +199,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def resolve_auto(cfg: ExperimentCfg, kind: str) -> ExperimentCfg:
-    """Fill the data-dependent defaults (``None`` values) for data of ``kind`` ("image" or "tabular").
+    """Fill the data-dependent defaults (``None`` and ``"auto"`` values) for data of ``kind`` ("image" or "tabular").
 
     Tabular data is low-dimensional and cheap per sample: a larger batch (less gradient noise) and a finer
     sampling grid pay off there. Sharp modes are blurred by a coarse grid: on held-out 2-D mixtures, Heun
@@ -206,6 +211,8 @@ def resolve_auto(cfg: ExperimentCfg, kind: str) -> ExperimentCfg:
         cfg = cfg.replace("train", batch_size=128 if image else 512)
     if cfg.sample.steps is None:
         cfg = cfg.replace("sample", steps=18 if image else 64)
+    if cfg.train.dequantize == "auto":
+        cfg = cfg.replace("train", dequantize="off" if image else "integers")
     return cfg
 
 
