@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TABULAR = ("breast_cancer", "wine", "gmm8d-box", "gmm8d-box-int", "digits-table")
+TABULAR = ("breast_cancer", "wine", "gmm8d-box", "gmm8d-box-int", "digits-table", "digits-loo")
 
 
 def tabular(args) -> None:
@@ -47,7 +47,9 @@ def tabular(args) -> None:
     mixture, 2,000 normal rows, against 100 rows uniform in its bounding box; gmm8d-box-int: the same rounded
     to a lattice of half the normal rows' std per column, integer-valued like breastw), digits-table (scikit-learn's
     8x8 digits as 64-column rows: normal = the digits of one class, anomalies = half as many rows drawn from
-    the other classes; here ``--digits`` are the normal classes and the split seed is the digit)."""
+    the other classes; here ``--digits`` are the normal classes and the split seed is the digit), digits-loo
+    (the same rows, normal = nine classes, anomalies = the tenth class, as many rows as a ninth of the normal
+    ones: a multi-modal normal set; ``--digits`` are the anomalous classes))."""
     from sklearn.datasets import load_breast_cancer, load_digits, load_wine
     from sklearn.ensemble import IsolationForest
     from sklearn.model_selection import train_test_split
@@ -61,7 +63,7 @@ def tabular(args) -> None:
     elif args.data == "wine":
         x, y = load_wine(return_X_y=True)
         y = (y != 0).astype(int)
-    elif args.data == "digits-table":
+    elif args.data in ("digits-table", "digits-loo"):
         x_all, y_all = load_digits(return_X_y=True)
     else:
         normal = synthetic("gmm8d").sample(2000, 0).numpy()
@@ -71,7 +73,11 @@ def tabular(args) -> None:
         if args.data == "gmm8d-box-int":  # integer features on a coarse lattice: 2 steps per normal std
             x = np.round(x / (0.5 * normal.std(0)))
     for seed in args.digits:  # tabular: --digits are the split seeds (digits-table: the normal digit too)
-        if args.data == "digits-table":
+        if args.data == "digits-loo":  # normal: nine classes (multi-modal, ~1,600 rows); anomalies: the tenth
+            keep = np.random.default_rng(seed).permutation(np.flatnonzero(y_all == seed))[: (y_all != seed).sum() // 9]
+            x = np.concatenate([x_all[y_all != seed], x_all[keep]])
+            y = np.r_[np.zeros((y_all != seed).sum(), int), np.ones(len(keep), int)]
+        elif args.data == "digits-table":
             rng = np.random.default_rng(seed)
             normal, other = x_all[y_all == seed], x_all[y_all != seed]
             odd = other[rng.choice(len(other), len(normal) // 2, replace=False)]

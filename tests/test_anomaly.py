@@ -1,5 +1,7 @@
 """Anomaly scores (difflab.anomaly) on exact oracles, AUROC/AUPRC, heat maps and the DiffusionDetector."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,18 @@ def test_detector_validates_X(detector_case):
         DiffusionDetector(steps=1, not_a_key=1).fit(x)
     with pytest.raises(ValueError, match="^combine:"):
         DiffusionDetector(steps=1, combine="median").fit(x)
+    with pytest.raises(ValueError, match="^steps: must be 'auto' or an integer >= 1"):
+        DiffusionDetector(steps=0).fit(x)
+
+
+def test_detector_auto_steps_scale_with_the_rows():
+    """steps="auto" (default): at least MIN_STEPS, EPOCHS passes over the rows, at most MAX_STEPS."""
+    from difflab.anomaly import EPOCHS, MAX_STEPS, MIN_STEPS
+
+    det = DiffusionDetector(batch_size=256)
+    assert det.steps == "auto" and det._steps(50) == MIN_STEPS
+    assert det._steps(3000) == math.ceil(EPOCHS * 3000 / 256) > MIN_STEPS
+    assert det._steps(10**8) == MAX_STEPS and DiffusionDetector(steps=7)._steps(3000) == 7
 
 
 def test_detector_params_round_trip():

@@ -386,6 +386,12 @@ def test_inpaint_batches_and_guidance():
     one_each = inpaint(model, table, mask, method="ddnm", steps=6, samples=3, class_labels=[0, 1, 1], batch_size=4)
     torch.testing.assert_close(one_each, avg, rtol=0, atol=1e-5)
     assert not torch.allclose(avg, whole)
+    # pigdm differentiates through the guided (CFG) denoiser, batch by batch
+    guided = inpaint(model, table, mask, method="pigdm", steps=6, class_labels=[0, 1, 1], guidance=2.0)
+    torch.testing.assert_close(
+        inpaint(model, table, mask, method="pigdm", steps=6, class_labels=[0, 1, 1], guidance=2.0, batch_size=1),
+        guided, rtol=0, atol=1e-5)
+    assert torch.equal(guided[:, [0, 2]], table[:, [0, 2]]) and bool(torch.isfinite(guided).all())
 
 
 def test_inpaint_validation():

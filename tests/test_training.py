@@ -375,7 +375,7 @@ def test_dequantization_width_finds_integer_columns_and_images():
 def test_dequantized_training_sees_jittered_rows_and_resumes_exactly(tmp_path, monkeypatch):
     """train.dequantize="integers": every batch is x + u, u ~ U(-1/2, 1/2) (data units) in the integer columns
     only, drawn from the run's checkpointed generator, so an interrupted run resumes bit for bit."""
-    import difflab.training as training
+    from difflab import training
 
     rows = torch.randint(0, 5, (300, 2), generator=torch.Generator().manual_seed(0)).float()
     data = Dataset(x=torch.cat([rows, torch.randn(300, 1)], 1), labels=None, kind="tabular", name="ints")

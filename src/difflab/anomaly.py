@@ -77,6 +77,9 @@ __all__ = ["AnomalyResult", "Calibration", "DiffusionDetector", "anomaly_scores"
 SCORES = ("recon", "nll", "elbo")
 COMBINES = ("auto", "profile", "mean")
 LEVEL_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+#: DiffusionDetector(steps="auto"): at least MIN_STEPS optimiser steps and EPOCHS passes over the training rows,
+#: at most MAX_STEPS (docs/benchmarks.md: a fixed 600 steps underfits tables of a thousand rows and more).
+MIN_STEPS, EPOCHS, MAX_STEPS = 600, 600, 20_000
 
 
 @dataclass
@@ -408,9 +411,12 @@ class DiffusionDetector:
         combine: recon: how the noise levels combine, "auto" (= "mean" for tables), "mean" or "profile"
             (module docstring).
         steps, batch_size, preset: training length, batch and MLP preset ("small", "base", "large").
-            The defaults (600 steps of 256 rows, "small": 0.24 M parameters) fit ADBench ``cardio`` (993 x 21)
-            in 38 s with one thread on a shared 2-core machine under load ~7, ~6 s of it a one-off torch
-            import (bench/anomaly_quick.py --threads 1); two threads took 209 s there (thread contention).
+            ``steps="auto"`` (default) trains for at least :data:`MIN_STEPS` (600) steps and :data:`EPOCHS`
+            (600) passes over the rows, at most :data:`MAX_STEPS`: 600 steps of 256 rows for up to 256 rows,
+            about 2,700 for a thousand rows. A fixed 600 steps underfitted larger tables: on a development
+            table of 1,130 rows (bench/anomaly_dev.py --data digits-loo) 600 / 1,500 / 3,000 steps gave AUROC
+            0.74 / 0.80 / 0.86 (IsolationForest 0.75). The "small" MLP has 0.24 M parameters; one thread is
+            faster than two on a shared 2-core machine (bench/anomaly_quick.py --threads 1).
         seed: seeds training and scoring.
         model_params: MLP keyword arguments over the preset, e.g. ``{"hidden": 64, "depth": 2}``.
         run_dir: keep the trained run there (default: a temporary folder, deleted after loading).
@@ -420,10 +426,10 @@ class DiffusionDetector:
             table (``dequantize``, default "auto"; ``dequantize="off"`` trains on the lattice as given).
 
     Attributes after fit: ``model_`` (DiffusionModel), ``offset_``, ``threshold_``, ``n_features_in_``,
-    ``calibration_`` (recon: the training rows' ``Calibration``, else None).
+    ``steps_`` (the steps trained), ``calibration_`` (recon: the training rows' ``Calibration``, else None).
     """
 
-    def __init__(self, contamination: float = 0.1, score: str = "recon", steps: int = 600, preset: str = "small",
+    def __init__(self, contamination: float = 0.1, score: str = "recon", steps: int | str = "auto", preset: str = "small",
                  seed: int = 0, run_dir=None, device: str = "cpu", batch_size: int = 256, model_params=None,
                  combine: str = "auto", **train_overrides):
         self.contamination = contamination
@@ -452,7 +458,15 @@ class DiffusionDetector:
                 self.train_overrides[key] = value
         return self
 
-    def _config(self):
+    def _steps(self, n_rows: int) -> int:
+        """``steps``, or for "auto" at least MIN_STEPS and EPOCHS passes over the rows (at most MAX_STEPS)."""
+        if self.steps == "auto":
+            return min(MAX_STEPS, max(MIN_STEPS, math.ceil(EPOCHS * n_rows / self.batch_size)))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: must be 'auto' or an integer >= 1, got {self.steps!r}")
+        return self.steps
+
+    def _config(self, steps: int):
         from dataclasses import fields
 
         from .config import ExperimentCfg, TrainCfg, config_from_dict
@@ -461,9 +475,9 @@ class DiffusionDetector:
         unknown = sorted(set(self.train_overrides) - known)
         if unknown:
             raise ValueError(f"train_overrides: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        train = {"steps": self.steps, "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
-                 "warmup": min(100, max(1, self.steps // 10)), "checkpoint_every": max(1, self.steps),
-                 "keep_checkpoints": 1, "sample_grid": 0, "log_every": max(1, self.steps // 20),
+        train = {"steps": steps, "batch_size": self.batch_size, "seed": self.seed, "device": self.device,
+                 "warmup": min(100, max(1, steps // 10)), "checkpoint_every": max(1, steps),
+                 "keep_checkpoints": 1, "sample_grid": 0, "log_every": max(1, steps // 20),
                  **self.train_overrides}
         model = {"backbone": "mlp", "preset": self.preset, "params": dict(self.model_params or {})}
         return config_from_dict({"model": model, "train": train},
@@ -497,7 +511,8 @@ class DiffusionDetector:
         if self.combine not in COMBINES:
             raise ValueError(f"combine: must be one of {', '.join(COMBINES)}, got {self.combine!r}")
         x = self._check_X(X, fitted=False)
-        cfg = self._config()
+        self.steps_ = self._steps(x.shape[0])
+        cfg = self._config(self.steps_)
         data = Dataset(x=x, labels=None, kind="tabular", name="array")
         tmp = None
         run_dir = self.run_dir
