@@ -422,15 +422,15 @@ class DiffusionDetector:
         run_dir: keep the trained run there (default: a temporary folder, deleted after loading).
         device: "cpu", "cuda" or "auto".
         **train_overrides: other ``config.TrainCfg`` fields (lr, warmup, ema_decay, ...). Columns whose values
-            are all integers (counts, ratings, 8-bit bands) are trained dequantised, x + U(-1/2, 1/2), as for every
-            table (``dequantize``, default "auto"; ``dequantize="off"`` trains on the lattice as given).
+            are all integers (counts, ratings, 8-bit bands) are trained dequantised, x + U(-1/2, 1/2), as for
+            every table (``dequantize``, default "auto"; ``dequantize="off"`` trains on the lattice as given).
 
     Attributes after fit: ``model_`` (DiffusionModel), ``offset_``, ``threshold_``, ``n_features_in_``,
     ``steps_`` (the steps trained), ``calibration_`` (recon: the training rows' ``Calibration``, else None).
     """
 
-    def __init__(self, contamination: float = 0.1, score: str = "recon", steps: int | str = "auto", preset: str = "small",
-                 seed: int = 0, run_dir=None, device: str = "cpu", batch_size: int = 256, model_params=None,
+    def __init__(self, contamination: float = 0.1, score: str = "recon", steps: int | str = "auto",
+                 preset: str = "small", seed: int = 0, run_dir=None, device: str = "cpu", batch_size: int = 256, model_params=None,
                  combine: str = "auto", **train_overrides):
         self.contamination = contamination
         self.score = score

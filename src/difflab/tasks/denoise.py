@@ -400,7 +400,8 @@ def denoise(
     ``method``, ``samples``, ``sampler``: see :func:`denoise_latent`; ``steps`` defaults to the run's
     ``sample.steps``. Randomness (posterior draws, tabular top-up noise) is seeded per sample with
     ``seed + i``, so results do not depend on the batch; only the ``"ml"`` estimate's divergence probes
-    come from one generator per batch (seeded ``seed`` + the batch's first index). ``clip`` clamps images to the value range.
+    come from one generator per batch (seeded ``seed`` + the batch's first index). ``clip`` clamps images to
+    the value range.
     Returns a :class:`DenoiseResult` (float32, on the CPU); its ``sigma`` is in ``sigma_units``.
     """
     if sigma_units not in SIGMA_UNITS:
