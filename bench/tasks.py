@@ -18,7 +18,8 @@ but the last 1000; 7000 for MNIST) and a held-out test part; nothing is ever eva
   PSNR on [0, 1] (mean over images) and wall time.
 * inpaint: centre square (half the side), right half, and 80% of the pixels missing at random (a fresh
   mask per image). difflab RePaint (Lugmayr et al. 2022) and DDNM (Wang et al. 2023), one fill each and the
-  mean of ``--inpaint-samples`` fills, and PiGDM (Song et al. 2023, one fill) (``inpaint(..., samples=K)``, the posterior-mean estimate), against biharmonic
+  mean of ``--inpaint-samples`` fills (``inpaint(..., samples=K)``, the posterior-mean estimate), and PiGDM
+  (Song et al. 2023, the library's default; one fill), against biharmonic
   inpainting (Damelin & Hoang 2018, scikit-image) and Telea's fast marching (Telea 2004, OpenCV, radius 3).
   PSNR on the filled pixels, and the accuracy of an independent CNN classifier (trained here on the
   training split, not a diffusion model) on the inpainted images against the true labels.

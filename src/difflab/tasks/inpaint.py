@@ -292,14 +292,11 @@ def inpaint_latent(
         if method == "pigdm":
             denoised, guided = pigdm_estimate(denoiser, x, sigma, known, fill, float(sigma_data), cond)
         else:
-            denoised = call_denoiser(denoiser, x, sigma, cond)
+            denoised = guided = call_denoiser(denoiser, x, sigma, cond)
         report(callback, calls, sigma, sigma_next, x, denoised)
         calls += 1
-        if method == "pigdm":
+        if method != "repaint":  # DDNM's step around the projected x0 estimate (PiGDM: the guided one)
             x = ddnm_step(x, denoised, torch.where(fill, guided, known), sigma, sigma_next, eta, noise_fn)
-            continue
-        if method == "ddnm":
-            x = ddnm_step(x, denoised, torch.where(fill, denoised, known), sigma, sigma_next, eta, noise_fn)
             continue
         if sigma_next == 0:
             x = denoised
